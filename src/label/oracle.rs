@@ -1,0 +1,295 @@
+//! The oracle labeler: answers from known labels, optionally with a controlled error rate, so
+//! experiments can measure how labeler mistakes propagate into the classifier.
+//!
+//! The noise model is set by two precisions, the quantities the source work measured for its
+//! LLM (100% for benign verdicts, 36% for malicious ones): `benign_precision` P = share of
+//! benign verdicts that are truly benign, `malicious_precision` Q = share of malicious verdicts
+//! that are truly malicious. Given the candidates' true counts (nb benign, nm malicious), the
+//! oracle flips exactly enough labels to reach P and Q (up to rounding), choosing which ones
+//! with a seeded shuffle, so a run is reproducible and independent of input order.
+
+use super::{Answer, AskError, BoxFuture, Budget, Labeler, LabelerInfo};
+use crate::error::{Context, Error, Result};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A ground-truth label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KnownLabel {
+    Benign,
+    Malicious,
+}
+
+impl KnownLabel {
+    /// `benign` / `malicious` (any case); anything else (e.g. `unknown`) is no label.
+    pub fn parse(text: &str) -> Option<KnownLabel> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "benign" => Some(KnownLabel::Benign),
+            "malicious" => Some(KnownLabel::Malicious),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KnownLabel::Benign => "benign",
+            KnownLabel::Malicious => "malicious",
+        }
+    }
+
+    fn flipped(self) -> KnownLabel {
+        match self {
+            KnownLabel::Benign => KnownLabel::Malicious,
+            KnownLabel::Malicious => KnownLabel::Benign,
+        }
+    }
+}
+
+/// Where the oracle's labels come from, and its noise.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OracleConfig {
+    /// Parquet or JSONL with string columns/fields `cmd` and `label`.
+    pub path: PathBuf,
+    /// Target precision of benign verdicts, in (0, 1]; `None` = 1.
+    pub benign_precision: Option<f64>,
+    /// Target precision of malicious verdicts, in (0, 1]; `None` = 1.
+    pub malicious_precision: Option<f64>,
+    pub seed: u64,
+}
+
+/// Answers from known labels.
+pub struct OracleLabeler {
+    labels: HashMap<String, KnownLabel>,
+    benign_precision: f64,
+    malicious_precision: f64,
+    seed: u64,
+    flipped: Mutex<HashSet<String>>,
+    info: LabelerInfo,
+}
+
+impl OracleLabeler {
+    /// Load the labels file named in `cfg`.
+    pub fn load(cfg: &OracleConfig) -> Result<OracleLabeler> {
+        let labels = read_labels(&cfg.path)?;
+        OracleLabeler::from_labels(
+            labels,
+            &cfg.path.display().to_string(),
+            cfg.benign_precision,
+            cfg.malicious_precision,
+            cfg.seed,
+        )
+    }
+
+    /// An oracle over labels already in memory; `source` names them in outputs.
+    pub fn from_labels(
+        labels: HashMap<String, KnownLabel>,
+        source: &str,
+        benign_precision: Option<f64>,
+        malicious_precision: Option<f64>,
+        seed: u64,
+    ) -> Result<OracleLabeler> {
+        let p = benign_precision.unwrap_or(1.0);
+        let q = malicious_precision.unwrap_or(1.0);
+        for (name, v) in [("--oracle-benign-precision", p), ("--oracle-malicious-precision", q)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::input(format!("{name} must be in (0, 1], got {v}")));
+            }
+        }
+        if p + q <= 1.0 {
+            return Err(Error::input(format!(
+                "precisions {p} (benign) and {q} (malicious) add up to at most 1: such a labeler \
+                 is no better than chance; choose values whose sum exceeds 1"
+            )));
+        }
+        let model = if p == 1.0 && q == 1.0 {
+            "oracle".to_string()
+        } else {
+            format!("oracle(benign_precision={p},malicious_precision={q},seed={seed})")
+        };
+        let info = LabelerInfo {
+            endpoint: format!("oracle:{source}"),
+            model,
+            prompt_version: "oracle".into(),
+            prompt_fingerprint: String::new(),
+            cacheable: false,
+            max_answer_tokens: None,
+        };
+        Ok(OracleLabeler {
+            labels,
+            benign_precision: p,
+            malicious_precision: q,
+            seed,
+            flipped: Mutex::new(HashSet::new()),
+            info,
+        })
+    }
+
+    /// The true label of `cmd`, if the file has one.
+    pub fn known(&self, cmd: &str) -> Option<KnownLabel> {
+        self.labels.get(cmd).copied()
+    }
+
+    /// The verdict the oracle gives `cmd` after noise.
+    pub fn answer_for(&self, cmd: &str) -> Option<KnownLabel> {
+        let truth = self.known(cmd)?;
+        Some(if self.flipped.lock().expect("oracle lock").contains(cmd) { truth.flipped() } else { truth })
+    }
+}
+
+impl Labeler for OracleLabeler {
+    fn info(&self) -> &LabelerInfo {
+        &self.info
+    }
+
+    fn prepare(&self, cmds: &[String]) -> Result<()> {
+        let mut benign: Vec<&String> = Vec::new();
+        let mut malicious: Vec<&String> = Vec::new();
+        for cmd in cmds.iter().collect::<HashSet<_>>() {
+            match self.known(cmd) {
+                Some(KnownLabel::Benign) => benign.push(cmd),
+                Some(KnownLabel::Malicious) => malicious.push(cmd),
+                None => {}
+            }
+        }
+        benign.sort();
+        malicious.sort();
+        let (nb, nm) = (benign.len() as f64, malicious.len() as f64);
+        let rp = (1.0 - self.benign_precision) / self.benign_precision;
+        let rq = (1.0 - self.malicious_precision) / self.malicious_precision;
+        let det = 1.0 - rp * rq; // > 0 because p + q > 1
+        // Solve: kept_b + rq * kept_m = nb and rp * kept_b + kept_m = nm, where kept_b / kept_m
+        // are the true benign / malicious lines that keep their label.
+        let kept_b = ((nb - rq * nm) / det).round().clamp(0.0, nb) as usize;
+        let kept_m = ((nm - rp * nb) / det).round().clamp(0.0, nm) as usize;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        benign.shuffle(&mut rng);
+        malicious.shuffle(&mut rng);
+        let mut flipped = self.flipped.lock().expect("oracle lock");
+        flipped.clear();
+        flipped.extend(benign[kept_b..].iter().map(|c| c.to_string()));
+        flipped.extend(malicious[kept_m..].iter().map(|c| c.to_string()));
+        let (fb, fm) = (benign.len() - kept_b, malicious.len() - kept_m);
+        let precision = |good: usize, bad: usize| {
+            if good + bad == 0 { f64::NAN } else { good as f64 / (good + bad) as f64 }
+        };
+        if fb + fm > 0 || self.benign_precision < 1.0 || self.malicious_precision < 1.0 {
+            tracing::info!(
+                "oracle noise: {} benign and {} malicious candidates with labels; {fm} malicious \
+                 answered benign, {fb} benign answered malicious; benign-verdict precision \
+                 {:.4} (target {}), malicious-verdict precision {:.4} (target {})",
+                benign.len(),
+                malicious.len(),
+                precision(kept_b, fm),
+                self.benign_precision,
+                precision(kept_m, fb),
+                self.malicious_precision
+            );
+        }
+        Ok(())
+    }
+
+    fn ask<'a>(
+        &'a self,
+        cmd: &'a str,
+        _sample: u32,
+        _budget: &'a Budget,
+    ) -> BoxFuture<'a, std::result::Result<Answer, AskError>> {
+        let result = match (self.known(cmd), self.answer_for(cmd)) {
+            (Some(truth), Some(given)) => {
+                let token = match given {
+                    KnownLabel::Benign => super::BENIGN_TOKEN,
+                    KnownLabel::Malicious => super::MALICIOUS_TOKEN,
+                };
+                let noise = if truth != given { " (flipped by the noise model)" } else { "" };
+                Ok(Answer {
+                    text: format!("Oracle: the known label is {}{noise}.\n{token}", truth.as_str()),
+                    finish_reason: Some("stop".into()),
+                    tokens: 0,
+                    latency_ms: 0,
+                    attempts: 0,
+                    max_answer_tokens: None,
+                })
+            }
+            _ => Err(AskError::Failed {
+                message: "the oracle file has no benign/malicious label for this command".into(),
+                attempts: 0,
+            }),
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Read `cmd` -> label from Parquet or JSONL. Commands labeled both ways are dropped (warned).
+pub fn read_labels(path: &Path) -> Result<HashMap<String, KnownLabel>> {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    let mut pairs: Vec<(String, Option<KnownLabel>)> = Vec::new();
+    if name.ends_with(".parquet") {
+        for batch in crate::table::read_parquet(path)? {
+            let cmds = crate::table::strings(&batch, "cmd", path)?;
+            let labels = crate::table::strings(&batch, "label", path)?;
+            for (c, l) in cmds.into_iter().zip(labels) {
+                if let Some(c) = c {
+                    pairs.push((c, l.as_deref().and_then(KnownLabel::parse)));
+                }
+            }
+        }
+    } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") || name.ends_with(".json") {
+        let file = std::fs::File::open(path)
+            .input_ctx(|| format!("cannot open the oracle labels {}", path.display()))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.input_ctx(|| format!("{}:{}: unreadable line", path.display(), i + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: serde_json::Value = serde_json::from_str(&line)
+                .input_ctx(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+            let cmd = row.get("cmd").and_then(|v| v.as_str()).ok_or_else(|| {
+                Error::input(format!("{}:{}: no string field `cmd`", path.display(), i + 1))
+            })?;
+            let label = row.get("label").and_then(|v| v.as_str()).and_then(KnownLabel::parse);
+            pairs.push((cmd.to_string(), label));
+        }
+    } else {
+        return Err(Error::input(format!(
+            "oracle labels {}: expected a .parquet or .jsonl file with `cmd` and `label`",
+            path.display()
+        )));
+    }
+    let mut labels: HashMap<String, KnownLabel> = HashMap::new();
+    let mut conflicts: HashSet<String> = HashSet::new();
+    for (cmd, label) in pairs {
+        let Some(label) = label else { continue };
+        match labels.get(&cmd) {
+            Some(&old) if old != label => {
+                conflicts.insert(cmd);
+            }
+            _ => {
+                labels.insert(cmd, label);
+            }
+        }
+    }
+    for cmd in &conflicts {
+        labels.remove(cmd);
+    }
+    if !conflicts.is_empty() {
+        tracing::warn!(
+            "oracle labels {}: {} command(s) are labeled both benign and malicious; the oracle \
+             treats them as unknown",
+            path.display(),
+            conflicts.len()
+        );
+    }
+    if labels.is_empty() {
+        return Err(Error::input(format!(
+            "oracle labels {} hold no `benign` or `malicious` label",
+            path.display()
+        )));
+    }
+    Ok(labels)
+}
