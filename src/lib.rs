@@ -9,11 +9,13 @@
 pub mod detect;
 pub mod device;
 pub mod error;
+pub mod evaluate;
 pub mod ingest;
 pub mod label;
 pub mod progress;
 pub mod select;
 pub mod table;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: install what the tests need, then run them all in the release profile
+# (the same profile as the binary, so dependencies are built once).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  export LONGTAIL_REQUIRE_WGPU=1   # the wgpu-cpu tests must run, not skip
+fi
+cargo test --release --locked "$@"

@@ -1,0 +1,256 @@
+//! Training plumbing shared by every model (the detector and the classifier): AdamW with
+//! warmup + cosine decay and gradient clipping, a validation pass, a checkpoint after every
+//! epoch, `--resume` after a kill, early stopping, a progress bar with loss and lines/s, and
+//! determinism under a seed (each epoch's randomness derives from the seed and the epoch
+//! number alone, so a resumed run continues exactly as an uninterrupted one).
+
+use crate::error::{Context, Error, Result};
+use crate::table::write_atomic;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Optimisation settings; saved beside the weights with the model config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Warmup steps as a fraction of all steps.
+    pub warmup_fraction: f64,
+    /// Clip the gradient norm to this value (0 disables).
+    pub grad_clip: f64,
+    /// Stop when validation loss has not improved for this many epochs (0 = never).
+    pub patience: usize,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { epochs: 4, lr: 2e-3, weight_decay: 0.01, warmup_fraction: 0.05, grad_clip: 1.0, patience: 0 }
+    }
+}
+
+/// Learning rate at `step` of `total`: linear warmup, then cosine decay to 5% of the peak.
+pub fn lr_at(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
+    let total = total.max(1);
+    let warmup = ((cfg.warmup_fraction * total as f64).round() as usize).max(1);
+    if step < warmup {
+        return cfg.lr * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+    let floor = 0.05 * cfg.lr;
+    floor + (cfg.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+}
+
+/// What a training run has done so far; `state.json` in the checkpoint directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub epochs_done: usize,
+    pub step: usize,
+    pub train_loss: Vec<f64>,
+    pub val_loss: Vec<f64>,
+    pub best_val: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub lines_per_sec: Vec<f64>,
+}
+
+/// Files of a run directory: `checkpoint/` (the last epoch: model, optimizer, state) and
+/// `model.safetensors` (the weights with the lowest validation loss).
+pub struct RunDir {
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("checkpoint"))
+            .runtime_ctx(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+    fn ckpt(&self, name: &str) -> PathBuf {
+        self.dir.join("checkpoint").join(name)
+    }
+    pub fn best_weights(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn has_checkpoint(&self) -> bool {
+        self.ckpt("state.json").exists()
+    }
+}
+
+/// Save a module's weights as safetensors, atomically.
+pub fn save_weights<M: Module>(model: &M, path: &Path) -> Result<()> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .runtime_ctx(|| format!("serialising weights for {}", path.display()))?;
+    let bytes = store.get_bytes().runtime_ctx(|| "serialising weights")?;
+    write_atomic(path, &bytes)
+}
+
+/// Load safetensors weights into a freshly initialised module of the same config.
+pub fn load_weights<M: Module>(mut model: M, path: &Path) -> Result<M> {
+    let bytes = std::fs::read(path).input_ctx(|| {
+        format!("cannot read weights {} (train a model first, or pass the right --model dir)", path.display())
+    })?;
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let result = model
+        .load_from(&mut store)
+        .input_ctx(|| format!("{} does not match the model config beside it", path.display()))?;
+    if !result.missing.is_empty() {
+        return Err(Error::input(format!(
+            "{} lacks tensors {:?}: it was saved from a different architecture",
+            path.display(),
+            result.missing
+        )));
+    }
+    Ok(model)
+}
+
+/// One step's worth of work, prepared by the caller.
+pub struct Batch<T> {
+    pub data: T,
+    /// Lines (examples) in this batch, for the lines/s figure.
+    pub lines: usize,
+}
+
+/// The training loop. `epoch_batches(epoch)` prepares that epoch's batches (already on the
+/// device or cheap to move); `loss` runs the model in training mode; `validate` returns the
+/// validation loss of a model in inference mode.
+pub struct Trainer<'a> {
+    pub cfg: &'a OptimConfig,
+    pub run: &'a RunDir,
+    pub device: &'a Device,
+    pub seed: u64,
+    pub resume: bool,
+    /// Label on the progress bar.
+    pub what: &'a str,
+}
+
+impl Trainer<'_> {
+    pub fn fit<M, T>(
+        &self,
+        mut model: M,
+        steps_per_epoch: usize,
+        mut epoch_batches: impl FnMut(usize) -> Vec<Batch<T>>,
+        loss: impl Fn(&M, &T) -> Tensor<1>,
+        validate: impl Fn(&M) -> Result<f64>,
+    ) -> Result<(M, TrainState)>
+    where
+        M: Module + Clone,
+    {
+        let mut optim_cfg = AdamWConfig::new().with_weight_decay(self.cfg.weight_decay as f32);
+        if self.cfg.grad_clip > 0.0 {
+            optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(self.cfg.grad_clip as f32)));
+        }
+        let mut optim = optim_cfg.init();
+        let mut state = TrainState::default();
+        if self.resume && self.run.has_checkpoint() {
+            let text = std::fs::read_to_string(self.run.ckpt("state.json"))?;
+            state = serde_json::from_str(&text)
+                .input_ctx(|| "checkpoint/state.json is corrupt; delete the checkpoint to start over")?;
+            model = load_weights(model, &self.run.ckpt("model.safetensors"))?;
+            optim = optim
+                .load(self.run.ckpt("optim.bpk"))
+                .input_ctx(|| "cannot load the optimizer checkpoint; delete it to start over")?;
+            tracing::info!("resuming after epoch {} (step {})", state.epochs_done, state.step);
+        } else if self.run.has_checkpoint() {
+            tracing::info!("starting over (a checkpoint exists; pass --resume to continue it)");
+        }
+        let total_steps = steps_per_epoch * self.cfg.epochs;
+        let mut best_model = None;
+        for epoch in state.epochs_done..self.cfg.epochs {
+            if self.cfg.patience > 0
+                && let Some(best) = state.best_epoch
+                && epoch >= best + 1 + self.cfg.patience
+            {
+                tracing::info!("early stop: no validation improvement since epoch {}", best + 1);
+                break;
+            }
+            // Dropout and any device-side randomness: a function of (seed, epoch) only.
+            self.device.seed(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+            let batches = epoch_batches(epoch);
+            let lines: usize = batches.iter().map(|b| b.lines).sum();
+            let bar = crate::progress::bar(lines as u64, self.what, "lines");
+            bar.set_message(format!("epoch {}/{}", epoch + 1, self.cfg.epochs));
+            let start = Instant::now();
+            let (mut sum, mut n) = (0.0, 0usize);
+            for batch in &batches {
+                let lr = lr_at(self.cfg, state.step, total_steps);
+                let l = loss(&model, &batch.data);
+                let grads = GradientsParams::from_grads(l.backward(), &model);
+                // Reading the loss every step syncs the device; every 10 steps keeps the bar honest.
+                if state.step % 10 == 0 {
+                    let v: f32 = l.into_scalar();
+                    if !v.is_finite() {
+                        return Err(Error::runtime(format!(
+                            "training diverged (loss {v}) at step {}: lower the learning rate",
+                            state.step
+                        )));
+                    }
+                    sum += v as f64;
+                    n += 1;
+                    bar.set_message(format!("epoch {}/{} loss {:.3}", epoch + 1, self.cfg.epochs, sum / n as f64));
+                }
+                model = optim.step(lr, model, grads);
+                state.step += 1;
+                bar.inc(batch.lines as u64);
+            }
+            bar.finish_and_clear();
+            let secs = start.elapsed().as_secs_f64();
+            let val = validate(&model.valid())?;
+            state.train_loss.push(if n > 0 { sum / n as f64 } else { f64::NAN });
+            state.val_loss.push(val);
+            state.lines_per_sec.push(lines as f64 / secs.max(1e-9));
+            state.epochs_done = epoch + 1;
+            if state.best_val.is_none_or(|b| val < b) {
+                state.best_val = Some(val);
+                state.best_epoch = Some(epoch);
+                save_weights(&model, &self.run.best_weights())?;
+                best_model = Some(model.clone());
+            }
+            tracing::info!(
+                "epoch {}/{}: train loss {:.4}, validation loss {:.4}, {:.0} lines/s",
+                epoch + 1,
+                self.cfg.epochs,
+                state.train_loss[epoch],
+                val,
+                state.lines_per_sec[epoch]
+            );
+            // Checkpoint: weights and optimizer first, state last, so state.json never points
+            // at an epoch whose files are missing.
+            save_weights(&model, &self.run.ckpt("model.safetensors"))?;
+            let optim_bytes = optim.into_bytes().runtime_ctx(|| "serialising the optimizer")?;
+            write_atomic(&self.run.ckpt("optim.bpk"), &optim_bytes)?;
+            write_atomic(
+                &self.run.ckpt("state.json"),
+                serde_json::to_string_pretty(&state).expect("plain data").as_bytes(),
+            )?;
+        }
+        let model = match best_model {
+            Some(m) => m,
+            None if self.run.best_weights().exists() => load_weights(model, &self.run.best_weights())?,
+            None => model,
+        };
+        Ok((model, state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine_reaches_floor() {
+        let cfg = OptimConfig { lr: 1.0, warmup_fraction: 0.1, ..Default::default() };
+        assert!((lr_at(&cfg, 0, 100) - 0.1).abs() < 1e-9);
+        assert!((lr_at(&cfg, 9, 100) - 1.0).abs() < 1e-9);
+        assert!(lr_at(&cfg, 50, 100) < 1.0 && lr_at(&cfg, 50, 100) > 0.05);
+        assert!((lr_at(&cfg, 100, 100) - 0.05).abs() < 1e-9);
+    }
+}
