@@ -29,7 +29,12 @@ impl CacheKey {
     /// A short stable digest of the key, written on each line for quick inspection.
     pub fn digest(&self) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for part in [&self.endpoint, &self.model, &self.prompt_version, &self.prompt_fingerprint] {
+        for part in [
+            &self.endpoint,
+            &self.model,
+            &self.prompt_version,
+            &self.prompt_fingerprint,
+        ] {
             h.update(part.as_bytes());
             h.update(&[0]);
         }
@@ -74,7 +79,8 @@ impl AnswerCache {
         let mut load = CacheLoad::default();
         let mut entries = HashMap::new();
         for line in BufReader::new(&file).split(b'\n') {
-            let line = line.runtime_ctx(|| format!("reading the label cache {}", path.display()))?;
+            let line =
+                line.runtime_ctx(|| format!("reading the label cache {}", path.display()))?;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -121,7 +127,11 @@ impl AnswerCache {
 
     /// Append one answer and fsync it before returning, so it survives a SIGKILL right after.
     pub fn put(&self, key: &CacheKey, answer: &Answer) -> Result<()> {
-        let line = Line { digest: key.digest(), key: key.clone(), answer: answer.clone() };
+        let line = Line {
+            digest: key.digest(),
+            key: key.clone(),
+            answer: answer.clone(),
+        };
         let mut text = serde_json::to_string(&line).runtime_ctx(|| "encoding a cache line")?;
         text.push('\n');
         {
@@ -135,7 +145,10 @@ impl AnswerCache {
                 .and_then(|_| file.sync_data())
                 .runtime_ctx(|| format!("appending to the label cache {}", self.path.display()))?;
         }
-        self.entries.lock().expect("cache lock").insert(key.clone(), answer.clone());
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .insert(key.clone(), answer.clone());
         Ok(())
     }
 }

@@ -63,14 +63,23 @@ pub struct LabelArgs {
     #[arg(long, default_value = "llm", value_name = "llm|oracle:FILE")]
     pub labeler: String,
     /// Base URL of the OpenAI-compatible API (OpenAI, vLLM, Ollama's /v1, llama-server's /v1).
-    #[arg(long, env = "LONGTAIL_LLM_URL", default_value = "https://api.openai.com/v1")]
+    #[arg(
+        long,
+        env = "LONGTAIL_LLM_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
     pub base_url: String,
     /// Model name sent to the endpoint (llama-server accepts any name).
     #[arg(long, env = "LONGTAIL_LLM_MODEL")]
     pub model: Option<String>,
     /// API key, sent as a Bearer token; never logged or written. Prefer the environment
     /// variable: a command-line flag is visible to other users in `ps`.
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub api_key: Option<ApiKey>,
     /// Prompt template file (format: configs/prompts/v1.txt); its version, FILE-STEM@HASH, goes
     /// into the outputs and the cache key. Default: the built-in v1 prompt.
@@ -136,7 +145,9 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
     if value.is_finite() && value > 0.0 && value < 1e7 {
         Ok(Duration::from_secs_f64(value))
     } else {
-        Err(Error::input(format!("{name} must be a positive number of seconds, got {value}")))
+        Err(Error::input(format!(
+            "{name} must be a positive number of seconds, got {value}"
+        )))
     }
 }
 
@@ -144,7 +155,9 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
 pub fn build_labeler(args: &LabelArgs, globals: &Globals) -> Result<Box<dyn Labeler>> {
     if let Some(path) = args.labeler.strip_prefix("oracle:") {
         if path.is_empty() {
-            return Err(Error::input("--labeler oracle:FILE needs a file name after `oracle:`"));
+            return Err(Error::input(
+                "--labeler oracle:FILE needs a file name after `oracle:`",
+            ));
         }
         return Ok(Box::new(OracleLabeler::load(&OracleConfig {
             path: PathBuf::from(path),
@@ -160,7 +173,9 @@ pub fn build_labeler(args: &LabelArgs, globals: &Globals) -> Result<Box<dyn Labe
         )));
     }
     if args.oracle_benign_precision.is_some() || args.oracle_malicious_precision.is_some() {
-        return Err(Error::input("--oracle-*-precision only applies with --labeler oracle:FILE"));
+        return Err(Error::input(
+            "--oracle-*-precision only applies with --labeler oracle:FILE",
+        ));
     }
     let model = args.model.clone().ok_or_else(|| {
         Error::input(
@@ -170,7 +185,9 @@ pub fn build_labeler(args: &LabelArgs, globals: &Globals) -> Result<Box<dyn Labe
     if let Some(t) = args.temperature
         && !(t.is_finite() && (0.0..=2.0).contains(&t))
     {
-        return Err(Error::input(format!("--temperature must be in [0, 2], got {t}")));
+        return Err(Error::input(format!(
+            "--temperature must be in [0, 2], got {t}"
+        )));
     }
     let mut cfg = LlmConfig::new(&args.base_url, model);
     cfg.api_key = args.api_key.clone();
@@ -183,7 +200,10 @@ pub fn build_labeler(args: &LabelArgs, globals: &Globals) -> Result<Box<dyn Labe
     cfg.backoff_base = Duration::from_millis(args.backoff_ms);
     cfg.backoff_max = Duration::from_millis(args.max_backoff_ms.max(args.backoff_ms));
     cfg.max_retry_after = seconds("--max-retry-after", args.max_retry_after)?;
-    cfg.temperature = Some(args.temperature.unwrap_or(if args.samples > 1 { 0.7 } else { 0.0 }));
+    cfg.temperature = Some(
+        args.temperature
+            .unwrap_or(if args.samples > 1 { 0.7 } else { 0.0 }),
+    );
     cfg.max_answer_tokens = Some(args.max_answer_tokens);
     cfg.seed = Some(globals.seed);
     Ok(Box::new(LlmLabeler::new(cfg)?))
@@ -191,12 +211,25 @@ pub fn build_labeler(args: &LabelArgs, globals: &Globals) -> Result<Box<dyn Labe
 
 /// Where the three outputs and the cache go.
 fn output_paths(args: &LabelArgs) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
-    let augment = args.augment.clone().unwrap_or_else(|| args.out.with_extension("benign.parquet"));
-    let review = args.review.clone().unwrap_or_else(|| args.out.with_extension("review.parquet"));
-    let cache = (!args.no_cache)
-        .then(|| args.cache.clone().unwrap_or_else(|| args.out.with_extension("cache.jsonl")));
-    let mut all: Vec<(&str, &Path)> =
-        vec![("INPUT", &args.input), ("--out", &args.out), ("--augment", &augment), ("--review", &review)];
+    let augment = args
+        .augment
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("benign.parquet"));
+    let review = args
+        .review
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("review.parquet"));
+    let cache = (!args.no_cache).then(|| {
+        args.cache
+            .clone()
+            .unwrap_or_else(|| args.out.with_extension("cache.jsonl"))
+    });
+    let mut all: Vec<(&str, &Path)> = vec![
+        ("INPUT", &args.input),
+        ("--out", &args.out),
+        ("--augment", &augment),
+        ("--review", &review),
+    ];
     if let Some(c) = &cache {
         all.push(("--cache", c));
     }
@@ -239,9 +272,14 @@ pub fn run(args: &LabelArgs, globals: &Globals) -> Result<()> {
         .runtime_ctx(|| "cannot start the async runtime")?;
     let results = runtime.block_on(label_candidates(&cmds, labeler.as_ref(), &cfg))?;
 
-    let answered = results.iter().filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skipped));
+    let answered = results
+        .iter()
+        .filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skipped));
     if answered.count() == 0 && results.iter().any(|r| r.verdict == Verdict::Error) {
-        let first = results.iter().find_map(|r| r.error.clone()).unwrap_or_default();
+        let first = results
+            .iter()
+            .find_map(|r| r.error.clone())
+            .unwrap_or_default();
         return Err(Error::runtime(format!(
             "no command line got an answer (first error: {first}); nothing written. \
              Check that the server at --base-url is up"
@@ -249,7 +287,10 @@ pub fn run(args: &LabelArgs, globals: &Globals) -> Result<()> {
     }
 
     let batch = output_batch(&input, &results)?;
-    let augment_mask: BooleanArray = results.iter().map(|r| Some(r.feeds_augmentation())).collect();
+    let augment_mask: BooleanArray = results
+        .iter()
+        .map(|r| Some(r.feeds_augmentation()))
+        .collect();
     let review_mask: BooleanArray = results.iter().map(|r| Some(r.needs_review())).collect();
     let augment = arrow::compute::filter_record_batch(&batch, &augment_mask)
         .runtime_ctx(|| "selecting augmentation rows")?;
@@ -269,13 +310,18 @@ pub fn run(args: &LabelArgs, globals: &Globals) -> Result<()> {
         review_path.display(),
         review.num_rows()
     );
-    let unfinished =
-        results.iter().filter(|r| matches!(r.verdict, Verdict::Error | Verdict::Skipped)).count();
+    let unfinished = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Error | Verdict::Skipped))
+        .count();
     if unfinished > 0 {
         tracing::warn!(
             "{unfinished} row(s) have no verdict (error or skipped); rerun the same command to \
              ask only for those{}",
-            cfg.cache.as_ref().map_or(String::new(), |c| format!(" (answers are cached in {})", c.display()))
+            cfg.cache.as_ref().map_or(String::new(), |c| format!(
+                " (answers are cached in {})",
+                c.display()
+            ))
         );
     }
     Ok(())
@@ -297,7 +343,10 @@ pub fn output_batch(input: &RecordBatch, results: &[LabelResult]) -> Result<Reco
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (field, column) in input.schema().fields().iter().zip(input.columns()) {
         if OUTPUT_COLUMNS.contains(&field.name().as_str()) {
-            tracing::warn!("input column `{}` is replaced by this stage's", field.name());
+            tracing::warn!(
+                "input column `{}` is replaced by this stage's",
+                field.name()
+            );
             continue;
         }
         fields.push(field.as_ref().clone());
@@ -307,15 +356,40 @@ pub fn output_batch(input: &RecordBatch, results: &[LabelResult]) -> Result<Reco
         Arc::new(results.iter().map(f).collect::<StringArray>())
     };
     let added: Vec<(&str, DataType, bool, ArrayRef)> = vec![
-        ("verdict", DataType::Utf8, false, text(&|r| Some(r.verdict.as_str()))),
-        ("explanation", DataType::Utf8, true, text(&|r| r.explanation.as_deref())),
-        ("model", DataType::Utf8, false, text(&|r| Some(r.model.as_str()))),
-        ("prompt_version", DataType::Utf8, false, text(&|r| Some(r.prompt_version.as_str()))),
+        (
+            "verdict",
+            DataType::Utf8,
+            false,
+            text(&|r| Some(r.verdict.as_str())),
+        ),
+        (
+            "explanation",
+            DataType::Utf8,
+            true,
+            text(&|r| r.explanation.as_deref()),
+        ),
+        (
+            "model",
+            DataType::Utf8,
+            false,
+            text(&|r| Some(r.model.as_str())),
+        ),
+        (
+            "prompt_version",
+            DataType::Utf8,
+            false,
+            text(&|r| Some(r.prompt_version.as_str())),
+        ),
         (
             "latency_ms",
             DataType::UInt64,
             false,
-            Arc::new(results.iter().map(|r| r.latency_ms).collect::<UInt64Array>()),
+            Arc::new(
+                results
+                    .iter()
+                    .map(|r| r.latency_ms)
+                    .collect::<UInt64Array>(),
+            ),
         ),
         (
             "tokens",
@@ -331,7 +405,12 @@ pub fn output_batch(input: &RecordBatch, results: &[LabelResult]) -> Result<Reco
         ),
         ("error", DataType::Utf8, true, text(&|r| r.error.as_deref())),
         ("flag", DataType::Utf8, true, text(&|r| r.flag.as_deref())),
-        ("flag_reason", DataType::Utf8, true, text(&|r| r.flag_reason.as_deref())),
+        (
+            "flag_reason",
+            DataType::Utf8,
+            true,
+            text(&|r| r.flag_reason.as_deref()),
+        ),
     ];
     for (name, ty, nullable, column) in added {
         fields.push(Field::new(name, ty, nullable));
@@ -351,7 +430,10 @@ fn print_summary(results: &[LabelResult], input: &RecordBatch, input_path: &Path
         }
     }
     let list = |m: &BTreeMap<&str, usize>| {
-        m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     println!("rows: {}; verdicts: {}", results.len(), list(&by_verdict));
     if !by_flag.is_empty() {
@@ -361,7 +443,9 @@ fn print_summary(results: &[LabelResult], input: &RecordBatch, input_path: &Path
     if !table::has_column(input, "label") {
         return;
     }
-    let Ok(labels) = table::strings(input, "label", input_path) else { return };
+    let Ok(labels) = table::strings(input, "label", input_path) else {
+        return;
+    };
     let mut counts: BTreeMap<(Verdict, KnownLabel), usize> = BTreeMap::new();
     for (r, l) in results.iter().zip(&labels) {
         if let Some(truth) = l.as_deref().and_then(KnownLabel::parse) {
@@ -370,23 +454,33 @@ fn print_summary(results: &[LabelResult], input: &RecordBatch, input_path: &Path
     }
     let get = |v, t| counts.get(&(v, t)).copied().unwrap_or(0);
     let ratio = |good: usize, all: usize| {
-        if all == 0 { "n/a".to_string() } else { format!("{:.3} ({good}/{all})", good as f64 / all as f64) }
+        if all == 0 {
+            "n/a".to_string()
+        } else {
+            format!("{:.3} ({good}/{all})", good as f64 / all as f64)
+        }
     };
-    let (aug_good, aug_all) = results.iter().zip(&labels).filter(|(r, _)| r.feeds_augmentation()).fold(
-        (0, 0),
-        |(good, all), (_, l)| match l.as_deref().and_then(KnownLabel::parse) {
-            Some(KnownLabel::Benign) => (good + 1, all + 1),
-            Some(KnownLabel::Malicious) => (good, all + 1),
-            None => (good, all),
-        },
-    );
+    let (aug_good, aug_all) = results
+        .iter()
+        .zip(&labels)
+        .filter(|(r, _)| r.feeds_augmentation())
+        .fold((0, 0), |(good, all), (_, l)| {
+            match l.as_deref().and_then(KnownLabel::parse) {
+                Some(KnownLabel::Benign) => (good + 1, all + 1),
+                Some(KnownLabel::Malicious) => (good, all + 1),
+                None => (good, all),
+            }
+        });
     let b = |v| get(v, KnownLabel::Benign);
     let m = |v| get(v, KnownLabel::Malicious);
     println!(
         "against the input's `label` column: benign-verdict precision {}, malicious-verdict \
          precision {}, augmentation precision {}; unparsed on known labels: {}",
         ratio(b(Verdict::Benign), b(Verdict::Benign) + m(Verdict::Benign)),
-        ratio(m(Verdict::Malicious), b(Verdict::Malicious) + m(Verdict::Malicious)),
+        ratio(
+            m(Verdict::Malicious),
+            b(Verdict::Malicious) + m(Verdict::Malicious)
+        ),
         ratio(aug_good, aug_all),
         b(Verdict::Unparsed) + m(Verdict::Unparsed)
     );

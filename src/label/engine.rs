@@ -149,7 +149,11 @@ pub async fn label_candidates(
     let cache = match (&cfg.cache, info.cacheable) {
         (Some(path), true) => {
             let (cache, load) = AnswerCache::open(path)?;
-            tracing::info!("label cache {}: {} answers on file", path.display(), load.answers);
+            tracing::info!(
+                "label cache {}: {} answers on file",
+                path.display(),
+                load.answers
+            );
             Some(cache)
         }
         _ => None,
@@ -169,7 +173,10 @@ pub async fn label_candidates(
         for s in 0..samples {
             match cache.as_ref().and_then(|c| c.get(&key(u, s))) {
                 Some(answer) if !stale_truncation(&answer, &info) => {
-                    slots[u * samples + s] = Some(Outcome::Answer { answer, cached: true });
+                    slots[u * samples + s] = Some(Outcome::Answer {
+                        answer,
+                        cached: true,
+                    });
                 }
                 _ => jobs.push((u, s)),
             }
@@ -223,7 +230,10 @@ pub async fn label_candidates(
                         break;
                     }
                     consecutive_failures.store(0, Ordering::SeqCst);
-                    Outcome::Answer { answer, cached: false }
+                    Outcome::Answer {
+                        answer,
+                        cached: false,
+                    }
                 }
                 Err(AskError::Fatal(message)) => {
                     fatal_stop(Error::runtime(message));
@@ -248,7 +258,12 @@ pub async fn label_candidates(
             pb.inc(1);
         }
     };
-    join_all((0..cfg.concurrency.min(jobs.len())).map(|_| worker()).collect()).await;
+    join_all(
+        (0..cfg.concurrency.min(jobs.len()))
+            .map(|_| worker())
+            .collect(),
+    )
+    .await;
     pb.finish_and_clear();
     if let Some(e) = fatal.into_inner().expect("fatal lock") {
         return Err(e);
@@ -265,7 +280,10 @@ pub async fn label_candidates(
     let per_unique: Vec<LabelResult> = (0..unique.len())
         .map(|u| {
             let outcomes: Vec<Outcome> = match &pre_error[u] {
-                Some(e) => vec![Outcome::Failed { message: e.clone(), attempts: 0 }],
+                Some(e) => vec![Outcome::Failed {
+                    message: e.clone(),
+                    attempts: 0,
+                }],
                 None => slots[u * samples..(u + 1) * samples]
                     .iter()
                     .map(|o| o.clone().unwrap_or(Outcome::Skipped("not asked".into())))
@@ -274,7 +292,10 @@ pub async fn label_candidates(
             combine(unique[u], &outcomes, &info)
         })
         .collect();
-    Ok(cmds.iter().map(|c| per_unique[position[c.as_str()]].clone()).collect())
+    Ok(cmds
+        .iter()
+        .map(|c| per_unique[position[c.as_str()]].clone())
+        .collect())
 }
 
 /// Blocking wrapper around [`label_candidates`] for callers without an async runtime.
@@ -313,7 +334,13 @@ fn preview(cmd: &str) -> String {
 
 fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
     let many = outcomes.len() > 1;
-    let tag = |i: usize, msg: &str| if many { format!("sample {}: {msg}", i + 1) } else { msg.to_string() };
+    let tag = |i: usize, msg: &str| {
+        if many {
+            format!("sample {}: {msg}", i + 1)
+        } else {
+            msg.to_string()
+        }
+    };
     let mut result = LabelResult {
         cmd: cmd.to_string(),
         verdict: Verdict::Unparsed,
@@ -347,7 +374,9 @@ fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
                         &format!(
                             "answer truncated at the answer-token limit (finish_reason=length, \
                              limit {}); raise --max-answer-tokens and rerun",
-                            answer.max_answer_tokens.map_or("unknown".into(), |n| n.to_string())
+                            answer
+                                .max_answer_tokens
+                                .map_or("unknown".into(), |n| n.to_string())
                         ),
                     ));
                     Verdict::Unparsed
@@ -431,7 +460,11 @@ async fn join_all<F: Future<Output = ()>>(futures: Vec<F>) {
                 }
             }
         }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     })
     .await
 }

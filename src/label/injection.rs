@@ -103,7 +103,10 @@ fn is_hidden_char(c: char) -> bool {
 /// Why a command line looks like a prompt-injection attempt, or `None` if it does not.
 pub fn injection_reason(cmd: &str) -> Option<String> {
     if let Some(c) = cmd.chars().find(|&c| is_hidden_char(c)) {
-        return Some(format!("invisible or bidirectional control character U+{:04X}", c as u32));
+        return Some(format!(
+            "invisible or bidirectional control character U+{:04X}",
+            c as u32
+        ));
     }
     let lower = cmd.to_lowercase();
     if let Some(tok) = RAW_TOKENS.iter().find(|t| lower.contains(*t)) {

@@ -103,7 +103,11 @@ impl LlmLabeler {
                 redact_url_text(&cfg.base_url)
             ))
         })?;
-        if !url.path().trim_end_matches('/').ends_with("/chat/completions") {
+        if !url
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/chat/completions")
+        {
             let path = format!("{}/chat/completions", url.path().trim_end_matches('/'));
             url.set_path(&path);
         }
@@ -138,7 +142,12 @@ impl LlmLabeler {
             cacheable: true,
             max_answer_tokens: cfg.max_answer_tokens,
         };
-        Ok(LlmLabeler { cfg, client, url, info })
+        Ok(LlmLabeler {
+            cfg,
+            client,
+            url,
+            info,
+        })
     }
 
     fn body(&self, prompt: &RenderedPrompt, sample: u32) -> serde_json::Value {
@@ -156,7 +165,11 @@ impl LlmLabeler {
             body["temperature"] = json!(t);
         }
         if let Some(n) = self.cfg.max_answer_tokens {
-            let field = if reasoning { "max_completion_tokens" } else { "max_tokens" };
+            let field = if reasoning {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
             body[field] = json!(n);
         }
         if let Some(seed) = self.cfg.seed {
@@ -175,7 +188,11 @@ impl LlmLabeler {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        let full = self.cfg.backoff_base.saturating_mul(factor).min(self.cfg.backoff_max);
+        let full = self
+            .cfg
+            .backoff_base
+            .saturating_mul(factor)
+            .min(self.cfg.backoff_max);
         // "Equal jitter": half fixed, half random, so concurrent workers spread out.
         full / 2 + (full / 2).mul_f64(rand::random::<f64>())
     }
@@ -191,7 +208,10 @@ impl LlmLabeler {
         for attempt in 1..=max_attempts {
             budget.try_request().map_err(AskError::Budget)?;
             let prompt = self.cfg.prompt.render(cmd);
-            let mut request = self.client.post(self.url.clone()).json(&self.body(&prompt, sample));
+            let mut request = self
+                .client
+                .post(self.url.clone())
+                .json(&self.body(&prompt, sample));
             if let Some(key) = &self.cfg.api_key {
                 request = request.bearer_auth(key.expose());
             }
@@ -273,7 +293,10 @@ impl LlmLabeler {
     fn describe(&self, e: reqwest::Error) -> String {
         let e = e.without_url();
         if e.is_timeout() {
-            return format!("timed out after {:.1} s (--timeout)", self.cfg.timeout.as_secs_f64());
+            return format!(
+                "timed out after {:.1} s (--timeout)",
+                self.cfg.timeout.as_secs_f64()
+            );
         }
         let mut text = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -327,8 +350,14 @@ fn is_retryable(status: StatusCode) -> bool {
 }
 
 fn is_reasoning_model(model: &str) -> bool {
-    let name = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
-    ["o1", "o3", "o4", "gpt-5"].iter().any(|p| name.starts_with(p))
+    let name = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// The endpoint as it may be shown and cached: no user, password, query or fragment.
@@ -388,18 +417,27 @@ fn parse_completion(text: &str) -> std::result::Result<Completion, String> {
         completion_tokens: Option<u64>,
     }
     let response: Response = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let choice = response.choices.into_iter().next().ok_or("no `choices` in the response")?;
+    let choice = response
+        .choices
+        .into_iter()
+        .next()
+        .ok_or("no `choices` in the response")?;
     let total_tokens = response.usage.and_then(|u| {
-        u.total_tokens.or(match (u.prompt_tokens, u.completion_tokens) {
-            (Some(p), Some(c)) => Some(p + c),
-            _ => None,
-        })
+        u.total_tokens
+            .or(match (u.prompt_tokens, u.completion_tokens) {
+                (Some(p), Some(c)) => Some(p + c),
+                _ => None,
+            })
     });
     let content = choice.message.and_then(|m| m.content).unwrap_or_default();
     if content.is_empty() && choice.finish_reason.as_deref() != Some("length") {
         return Err("empty message content".into());
     }
-    Ok(Completion { content, finish_reason: choice.finish_reason, total_tokens })
+    Ok(Completion {
+        content,
+        finish_reason: choice.finish_reason,
+        total_tokens,
+    })
 }
 
 /// `Retry-After` as delay-seconds (integer or decimal) or an HTTP date.
@@ -421,11 +459,17 @@ fn parse_http_date(value: &str) -> Option<u64> {
     };
     let day: i64 = day.parse().ok()?;
     let year: i64 = year.parse().ok()?;
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
-    let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let [h, m, s] = hms.as_slice() else { return None };
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
     // Days from civil (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -445,8 +489,14 @@ mod tests {
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(parse_retry_after("-1"), None);
     }
@@ -458,7 +508,10 @@ mod tests {
         let mut cfg = LlmConfig::new("http://user:pw@127.0.0.1:9/v1?x=1", "m");
         cfg.api_key = Some(key);
         let labeler = LlmLabeler::new(cfg).unwrap();
-        assert_eq!(labeler.info().endpoint, "http://127.0.0.1:9/v1/chat/completions");
+        assert_eq!(
+            labeler.info().endpoint,
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
         assert!(!format!("{:?}", labeler.cfg).contains("secret"));
         assert_eq!(labeler.redact("echo sk-secret-123"), "echo <redacted>");
     }
@@ -468,7 +521,10 @@ mod tests {
         let ok = r#"{"choices":[{"message":{"content":"x VERDICT_BENIGN"},"finish_reason":"stop"}],
                      "usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
         let c = parse_completion(ok).unwrap();
-        assert_eq!((c.total_tokens, c.finish_reason.as_deref()), (Some(7), Some("stop")));
+        assert_eq!(
+            (c.total_tokens, c.finish_reason.as_deref()),
+            (Some(7), Some("stop"))
+        );
         assert!(parse_completion("{\"choices\":[]}").is_err());
         assert!(parse_completion("{\"choices\":[{\"message\":{\"content\":\"").is_err());
         assert!(parse_completion(r#"{"error":{"message":"overloaded"}}"#).is_err());

@@ -112,7 +112,11 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(max_requests: Option<u64>, max_tokens: Option<u64>) -> Budget {
-        Budget { max_requests, max_tokens, ..Budget::default() }
+        Budget {
+            max_requests,
+            max_tokens,
+            ..Budget::default()
+        }
     }
 
     pub fn unlimited() -> Budget {
@@ -128,7 +132,9 @@ impl Budget {
         }
         if let Some(max) = self.max_requests {
             self.requests
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < max).then_some(n + 1)
+                })
                 .map_err(|_| format!("request budget exhausted (--max-requests {max})"))?;
         } else {
             self.requests.fetch_add(1, Ordering::SeqCst);

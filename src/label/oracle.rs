@@ -96,7 +96,10 @@ impl OracleLabeler {
     ) -> Result<OracleLabeler> {
         let p = benign_precision.unwrap_or(1.0);
         let q = malicious_precision.unwrap_or(1.0);
-        for (name, v) in [("--oracle-benign-precision", p), ("--oracle-malicious-precision", q)] {
+        for (name, v) in [
+            ("--oracle-benign-precision", p),
+            ("--oracle-malicious-precision", q),
+        ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(Error::input(format!("{name} must be in (0, 1], got {v}")));
             }
@@ -138,7 +141,11 @@ impl OracleLabeler {
     /// The verdict the oracle gives `cmd` after noise.
     pub fn answer_for(&self, cmd: &str) -> Option<KnownLabel> {
         let truth = self.known(cmd)?;
-        Some(if self.flipped.lock().expect("oracle lock").contains(cmd) { truth.flipped() } else { truth })
+        Some(if self.flipped.lock().expect("oracle lock").contains(cmd) {
+            truth.flipped()
+        } else {
+            truth
+        })
     }
 }
 
@@ -176,7 +183,11 @@ impl Labeler for OracleLabeler {
         flipped.extend(malicious[kept_m..].iter().map(|c| c.to_string()));
         let (fb, fm) = (benign.len() - kept_b, malicious.len() - kept_m);
         let precision = |good: usize, bad: usize| {
-            if good + bad == 0 { f64::NAN } else { good as f64 / (good + bad) as f64 }
+            if good + bad == 0 {
+                f64::NAN
+            } else {
+                good as f64 / (good + bad) as f64
+            }
         };
         if fb + fm > 0 || self.benign_precision < 1.0 || self.malicious_precision < 1.0 {
             tracing::info!(
@@ -206,9 +217,16 @@ impl Labeler for OracleLabeler {
                     KnownLabel::Benign => super::BENIGN_TOKEN,
                     KnownLabel::Malicious => super::MALICIOUS_TOKEN,
                 };
-                let noise = if truth != given { " (flipped by the noise model)" } else { "" };
+                let noise = if truth != given {
+                    " (flipped by the noise model)"
+                } else {
+                    ""
+                };
                 Ok(Answer {
-                    text: format!("Oracle: the known label is {}{noise}.\n{token}", truth.as_str()),
+                    text: format!(
+                        "Oracle: the known label is {}{noise}.\n{token}",
+                        truth.as_str()
+                    ),
                     finish_reason: Some("stop".into()),
                     tokens: 0,
                     latency_ms: 0,
@@ -243,16 +261,24 @@ pub fn read_labels(path: &Path) -> Result<HashMap<String, KnownLabel>> {
         let file = std::fs::File::open(path)
             .input_ctx(|| format!("cannot open the oracle labels {}", path.display()))?;
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.input_ctx(|| format!("{}:{}: unreadable line", path.display(), i + 1))?;
+            let line =
+                line.input_ctx(|| format!("{}:{}: unreadable line", path.display(), i + 1))?;
             if line.trim().is_empty() {
                 continue;
             }
             let row: serde_json::Value = serde_json::from_str(&line)
                 .input_ctx(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
             let cmd = row.get("cmd").and_then(|v| v.as_str()).ok_or_else(|| {
-                Error::input(format!("{}:{}: no string field `cmd`", path.display(), i + 1))
+                Error::input(format!(
+                    "{}:{}: no string field `cmd`",
+                    path.display(),
+                    i + 1
+                ))
             })?;
-            let label = row.get("label").and_then(|v| v.as_str()).and_then(KnownLabel::parse);
+            let label = row
+                .get("label")
+                .and_then(|v| v.as_str())
+                .and_then(KnownLabel::parse);
             pairs.push((cmd.to_string(), label));
         }
     } else {

@@ -50,7 +50,10 @@ impl Prompt {
     pub fn from_file(path: &Path) -> Result<Prompt> {
         let text = std::fs::read_to_string(path)
             .input_ctx(|| format!("cannot read prompt file {}", path.display()))?;
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let fingerprint = fingerprint(&text);
         Prompt::parse(&text, format!("{stem}@{}", &fingerprint[..8]))
             .map_err(|e| Error::input(format!("prompt file {}: {e}", path.display())))
@@ -110,7 +113,11 @@ impl Prompt {
             cmd,
             self.user_after.replace(BOUNDARY, &boundary)
         );
-        RenderedPrompt { system: self.system.replace(BOUNDARY, &boundary), user, boundary }
+        RenderedPrompt {
+            system: self.system.replace(BOUNDARY, &boundary),
+            user,
+            boundary,
+        }
     }
 }
 
@@ -129,7 +136,11 @@ mod tests {
         assert!(r.user.contains(&format!("BEGIN {}\necho hi\n", r.boundary)));
         assert!(r.user.ends_with(&format!("END {}", r.boundary)));
         assert!(r.system.contains("VERDICT_BENIGN") && r.system.contains("VERDICT_MALICIOUS"));
-        assert_ne!(r.boundary, p.render("x").boundary, "boundaries are random per request");
+        assert_ne!(
+            r.boundary,
+            p.render("x").boundary,
+            "boundaries are random per request"
+        );
     }
 
     #[test]
@@ -139,6 +150,12 @@ mod tests {
         assert!(Prompt::parse("sys\n---user---\n{{COMMAND}} unfenced", "x").is_err());
         assert!(Prompt::parse("sys\n---user---\n{{BOUNDARY}}{{COMMAND}}{{COMMAND}}", "x").is_err());
         assert!(Prompt::parse("s {{COMMAND}}\n---user---\n{{BOUNDARY}}{{COMMAND}}", "x").is_err());
-        assert!(Prompt::parse("s\n---user---\n<{{BOUNDARY}}>{{COMMAND}}</{{BOUNDARY}}>", "x").is_ok());
+        assert!(
+            Prompt::parse(
+                "s\n---user---\n<{{BOUNDARY}}>{{COMMAND}}</{{BOUNDARY}}>",
+                "x"
+            )
+            .is_ok()
+        );
     }
 }

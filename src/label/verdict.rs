@@ -60,7 +60,11 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
         (0, 1) => Verdict::Malicious,
         _ => Verdict::Unparsed,
     };
-    ParsedAnswer { verdict, benign_tokens, malicious_tokens }
+    ParsedAnswer {
+        verdict,
+        benign_tokens,
+        malicious_tokens,
+    }
 }
 
 fn is_word_byte(b: u8) -> bool {
@@ -90,7 +94,10 @@ mod tests {
     fn strict_parsing() {
         let v = |t: &str| parse_answer(t).verdict;
         assert_eq!(v("It lists files.\nVERDICT_BENIGN"), Verdict::Benign);
-        assert_eq!(v("Dumps credentials.\n**VERDICT_MALICIOUS**"), Verdict::Malicious);
+        assert_eq!(
+            v("Dumps credentials.\n**VERDICT_MALICIOUS**"),
+            Verdict::Malicious
+        );
         assert_eq!(v("verdict_benign"), Verdict::Benign);
         assert_eq!(v("no verdict here"), Verdict::Unparsed);
         assert_eq!(v("VERDICT_BENIGN or VERDICT_MALICIOUS?"), Verdict::Unparsed);
