@@ -1,0 +1,19 @@
+//! Evaluation of scorers (classifiers and anomaly detectors) on a labeled test set.
+//!
+//! - [`metrics`]: ROC curve and AUC with exact tie handling, average precision, TPR at low
+//!   FPR, FPR at high TPR, thresholds, FPR on a subset, DeLong and bootstrap intervals;
+//! - [`report`]: [`Report`], several models on one test set with group breakdowns, written as
+//!   JSON, Markdown and SVG charts;
+//! - [`plot`]: the dependency-free SVG charts (ROC with a log FPR axis, score histograms).
+//!
+//! Scores are "higher = more malicious/anomalous"; labels are `true` for malicious.
+
+pub mod metrics;
+pub mod plot;
+pub mod report;
+
+pub use metrics::{
+    CiMethod, Confusion, Interval, Metrics, MetricsOptions, OperatingPoint, RocCurve,
+    average_precision, roc_auc, roc_curve,
+};
+pub use report::{Report, ReportOptions};
