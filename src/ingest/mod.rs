@@ -1,9 +1,809 @@
-//! Stage 1: read telemetry, dedup exactly and near-exactly. (Being written.)
-use crate::{Globals, Result};
+//! Stage 1, `longtail ingest`: read command-line telemetry, deduplicate it exactly (with
+//! counts) and group near-duplicates, and write one Parquet table of unique lines.
+//!
+//! Reading ([`read`]) streams Parquet, JSONL, CSV/TSV and text, plain or gzip/zstd. Exact
+//! dedup hashes each line once (xxh3-64, collisions resolved by comparing the text) and keeps
+//! each distinct text once in an arena, so memory grows with the number of unique lines, not
+//! with the input. Near-duplicate clusters come from [`minhash`]; the optional normalised view
+//! from [`normalize()`].
+//!
+//! # Output schema (stable; version `ingest/1`, also in `src/ingest/SCHEMA.md`)
+//!
+//! One row per distinct command text, in order of first appearance in the inputs:
+//!
+//! | column | type | null | meaning |
+//! |---|---|---|---|
+//! | `cmd` | utf8 | no | the command text (invalid UTF-8 bytes and NULs escaped as `\xNN`) |
+//! | `count` | uint64 | no | how many input rows had exactly this text |
+//! | `first_seen_source` | utf8 | no | the input file of its first occurrence (`<stdin>` for `-`) |
+//! | `label` | utf8 | yes | its label if any input gave one; on conflict `malicious` > `benign` > any other value, else the first seen |
+//! | `platform` | utf8 | yes | its platform if given; the first seen, except that `unknown` yields to a known value |
+//! | `cluster` | uint32 | no | near-duplicate cluster id, dense from 0 in order of first appearance; each row its own cluster under `--no-near-dup` |
+//! | `normalized` | utf8 | no | only with `--normalized`: the token view of `cmd` |
+//!
+//! The file's key-value metadata records `longtail.schema = ingest/1` and the near-duplicate
+//! parameters (`longtail.near_dup`, JSON).
 
-#[derive(clap::Args, Debug)]
-pub struct IngestArgs {}
+pub mod minhash;
+pub mod normalize;
+pub mod read;
 
-pub fn run(_args: &IngestArgs, _globals: &Globals) -> Result<()> {
-    Err(crate::Error::input("ingest: being written"))
+pub use minhash::{MinHashConfig, near_duplicate_clusters};
+pub use normalize::normalize;
+pub use read::{
+    InputFormat, ReadOptions, ReadStats, Record, RecordRef, SkipReason, for_each_record,
+    for_each_record_ref,
+};
+
+use crate::error::{Context, Error, Result};
+use crate::table::ParquetSink;
+use crate::{Globals, progress};
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::info;
+
+/// Version tag of the output schema, stored in the file's metadata.
+pub const SCHEMA_VERSION: &str = "ingest/1";
+/// Rows per written Parquet batch.
+const WRITE_BATCH: usize = 65_536;
+
+/// `longtail ingest`: read command lines, dedup exactly and near-exactly, write Parquet.
+///
+/// Formats by extension (.parquet, .jsonl/.ndjson/.json, .csv, .tsv, .txt/.log), else by
+/// content; gzip and zstd are recognised by their magic bytes. Rows that cannot be used
+/// (blank, no command, too long, malformed JSON) are skipped and counted, or fail the run
+/// with file and line under --strict. Invalid UTF-8 and NUL bytes are kept as `\xNN`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    longtail ingest ../shared/data/cmdlines/*.jsonl -o runs/ingest.parquet\n  \
+    longtail ingest 'logs/**/*.csv.gz' --column CommandLine --normalized -o lines.parquet\n  \
+    zcat day.txt.gz | longtail ingest - --near-dup-threshold 0.9 -o day.parquet\n\n\
+    Output schema: cmd, count, first_seen_source, label, platform, cluster [, normalized]\n\
+    (see src/ingest/SCHEMA.md).")]
+pub struct IngestArgs {
+    /// Input files, directories (read recursively) or quoted globs; `-` reads standard input.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Output Parquet file (written atomically: it appears only when ingest succeeds).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Input format; auto = by extension, then by content.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: InputFormat,
+    /// Column (Parquet, CSV) or key (JSONL; dotted keys reach into nested objects) holding
+    /// the command line. Default: the first present of cmd, command_line, CommandLine,
+    /// process.command_line.
+    #[arg(long, value_name = "NAME")]
+    pub column: Option<String>,
+    /// Column or key with a label (benign/malicious/...). Default: `label` where present.
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
+    /// Column or key with the platform (windows/linux/macos). Default: `platform` where present.
+    #[arg(long, value_name = "NAME")]
+    pub platform_column: Option<String>,
+    /// CSV field delimiter, one ASCII character (`\t` for tab). Default: tab for .tsv, else comma.
+    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+    /// Jaccard similarity (over byte shingles) at or above which two lines join one
+    /// near-duplicate cluster. The source work deduplicates at > 0.8.
+    #[arg(long, default_value_t = 0.8, value_name = "T")]
+    pub near_dup_threshold: f64,
+    /// Skip near-duplicate clustering (then every row is its own cluster).
+    #[arg(long)]
+    pub no_near_dup: bool,
+    /// Shingle width in bytes for MinHash.
+    #[arg(long, default_value_t = 5, value_name = "BYTES")]
+    pub shingle_bytes: usize,
+    /// Number of MinHash functions.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub num_perm: usize,
+    /// LSH bands. Default: chosen so that a pair at the threshold is found with
+    /// probability >= 0.95 (18 bands of 7 rows for 0.8 and 128 hashes).
+    #[arg(long, value_name = "N")]
+    pub bands: Option<usize>,
+    /// Add a `normalized` column: tokens of \w+|[^\w\s]+ joined by spaces, digits as `*`.
+    #[arg(long)]
+    pub normalized: bool,
+    /// Skip commands longer than this many bytes (0 = no limit).
+    #[arg(long, default_value_t = read::DEFAULT_MAX_LINE_BYTES, value_name = "BYTES")]
+    pub max_line_bytes: usize,
+    /// Fail on the first unusable row (with file and line) instead of skipping and counting it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Worker threads for near-duplicate clustering (0 = all cores).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+}
+
+fn parse_delimiter(s: &str) -> std::result::Result<u8, String> {
+    match s {
+        "\\t" | "tab" | "\t" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        _ => Err(format!(
+            "the delimiter must be one ASCII character or \\t, got {s:?}"
+        )),
+    }
+}
+
+/// Everything `ingest` needs besides the inputs and the output path.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IngestConfig {
+    pub read: ReadOptions,
+    /// `None`: no near-duplicate clustering.
+    pub near_dup: Option<MinHashConfig>,
+    /// Add the `normalized` column.
+    pub normalized: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            read: ReadOptions::default(),
+            near_dup: Some(MinHashConfig::default()),
+            normalized: false,
+        }
+    }
+}
+
+impl IngestArgs {
+    pub fn config(&self, globals: &Globals) -> IngestConfig {
+        IngestConfig {
+            read: ReadOptions {
+                format: self.format,
+                column: self.column.clone(),
+                label_column: self.label_column.clone(),
+                platform_column: self.platform_column.clone(),
+                max_line_bytes: self.max_line_bytes,
+                strict: self.strict,
+                keep_extra: false,
+                csv_delimiter: self.delimiter,
+                progress: true,
+            },
+            near_dup: (!self.no_near_dup).then(|| MinHashConfig {
+                threshold: self.near_dup_threshold,
+                num_perm: self.num_perm,
+                shingle_bytes: self.shingle_bytes,
+                bands: self.bands,
+                seed: globals.seed,
+                threads: self.threads,
+                progress: true,
+            }),
+            normalized: self.normalized,
+        }
+    }
+}
+
+/// Entry point of `longtail ingest`.
+pub fn run(args: &IngestArgs, globals: &Globals) -> Result<()> {
+    let cfg = args.config(globals);
+    let summary = ingest(&args.inputs, &args.output, &cfg)?;
+    print!("{}", summary.render());
+    if let Some(path) = &args.summary_json {
+        let json =
+            serde_json::to_vec_pretty(&summary).runtime_ctx(|| "cannot encode the summary")?;
+        crate::table::write_atomic(path, &json)?;
+    }
+    Ok(())
+}
+
+/// Counts for one label or platform value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ValueCount {
+    /// The value; `(none)` when the input gave none.
+    pub value: String,
+    /// Input rows that carried it.
+    pub rows: u64,
+    /// Unique lines whose resolved value it is.
+    pub unique: u64,
+}
+
+/// What one ingest run did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IngestSummary {
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub read: ReadStats,
+    /// Distinct command texts (= output rows).
+    pub unique: u64,
+    /// Near-duplicate clusters (`None` when clustering was off).
+    pub clusters: Option<u64>,
+    pub near_dup: Option<MinHashConfig>,
+    /// Unique texts seen both as benign and as malicious (resolved to malicious).
+    pub label_conflicts: u64,
+    pub by_label: Vec<ValueCount>,
+    pub by_platform: Vec<ValueCount>,
+    pub seconds_read: f64,
+    pub seconds_near_dup: f64,
+    pub seconds_write: f64,
+    pub seconds_total: f64,
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl IngestSummary {
+    /// The human-readable summary table.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let r = &self.read;
+        let mut s = String::new();
+        let rate = if self.seconds_total > 0.0 {
+            r.rows_seen as f64 / self.seconds_total
+        } else {
+            0.0
+        };
+        let _ = writeln!(s, "ingest summary -> {}", self.output);
+        let files = if r.empty_files > 0 {
+            format!("{} ({} empty, skipped)", thousands(r.files), r.empty_files)
+        } else {
+            thousands(r.files)
+        };
+        let _ = writeln!(s, "  {:<38}{files:>12}", "files");
+        let _ = writeln!(s, "  {:<38}{:>12}", "rows read", thousands(r.rows_seen));
+        let _ = writeln!(s, "  {:<38}{:>12}", "rows kept", thousands(r.records));
+        let _ = writeln!(s, "  {:<38}{:>12}", "unique lines", thousands(self.unique));
+        match (self.clusters, &self.near_dup) {
+            (Some(c), Some(cfg)) => {
+                let (b, rows) = cfg.bands_rows();
+                let _ = writeln!(
+                    s,
+                    "  {:<38}{:>12} (Jaccard >= {}, {}-byte shingles, {} hashes, {b}x{rows} LSH)",
+                    "near-dup clusters",
+                    thousands(c),
+                    cfg.threshold,
+                    cfg.shingle_bytes,
+                    cfg.num_perm
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "  {:<38}{:>12} (--no-near-dup)",
+                    "near-dup clusters", "off"
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  {:<38}{:>12}",
+            "rows skipped",
+            thousands(r.skipped_total())
+        );
+        for (reason, n) in &r.skipped {
+            let _ = writeln!(s, "    {:<36}{:>12}", reason.describe(), thousands(*n));
+        }
+        if r.escaped_invalid_utf8 + r.escaped_nul > 0 {
+            let _ = writeln!(
+                s,
+                "  {:<38}{:>12} with invalid UTF-8, {} with NUL (as \\xNN)",
+                "rows escaped",
+                thousands(r.escaped_invalid_utf8),
+                thousands(r.escaped_nul)
+            );
+        }
+        for (title, counts) in [
+            ("by label", &self.by_label),
+            ("by platform", &self.by_platform),
+        ] {
+            let _ = writeln!(s, "  {title:<38}{:>12} {:>12}", "rows", "unique");
+            for v in counts {
+                let _ = writeln!(
+                    s,
+                    "    {:<36}{:>12} {:>12}",
+                    v.value,
+                    thousands(v.rows),
+                    thousands(v.unique)
+                );
+            }
+        }
+        if self.label_conflicts > 0 {
+            let _ = writeln!(
+                s,
+                "  {:<38}{:>12} lines labeled both benign and malicious (kept as malicious)",
+                "label conflicts",
+                thousands(self.label_conflicts)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  {:<38}{:>10.2} s (read {:.2}, near-dup {:.2}, write {:.2}); {} lines/s",
+            "time",
+            self.seconds_total,
+            self.seconds_read,
+            self.seconds_near_dup,
+            self.seconds_write,
+            thousands(rate as u64)
+        );
+        s
+    }
+}
+
+/// Read `inputs`, dedup, cluster, and write the table to `output` (atomically). Fails with an
+/// input error, writing nothing, when no usable row was read.
+pub fn ingest(inputs: &[String], output: &Path, cfg: &IngestConfig) -> Result<IngestSummary> {
+    if let Some(nd) = &cfg.near_dup {
+        nd.validate()?;
+    }
+    let started = Instant::now();
+    let mut table = DedupTable::default();
+    let stats = for_each_record_ref(inputs, &cfg.read, |r| table.insert(r))?;
+    let seconds_read = started.elapsed().as_secs_f64();
+    if table.is_empty() {
+        let skipped: Vec<String> = stats
+            .skipped
+            .iter()
+            .map(|(r, n)| format!("{n} {}", r.describe()))
+            .collect();
+        return Err(Error::input(format!(
+            "no command lines were read from {} file(s){}; nothing written. Check the inputs and --column/--format",
+            stats.files,
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" (skipped: {})", skipped.join(", "))
+            }
+        )));
+    }
+    info!(
+        "read {} rows, {} unique lines in {seconds_read:.1} s",
+        stats.rows_seen,
+        table.len()
+    );
+
+    let t = Instant::now();
+    let clusters = match &cfg.near_dup {
+        Some(nd) => {
+            let lines: Vec<&str> = (0..table.len()).map(|i| table.text(i)).collect();
+            Some(near_duplicate_clusters(&lines, nd)?)
+        }
+        None => None,
+    };
+    let seconds_near_dup = t.elapsed().as_secs_f64();
+    let n_clusters = clusters
+        .as_ref()
+        .map(|c| c.iter().max().map_or(0, |m| *m as u64 + 1));
+
+    let t = Instant::now();
+    write_table(&table, clusters.as_deref(), cfg, output)?;
+    let seconds_write = t.elapsed().as_secs_f64();
+
+    let (by_label, by_platform) = table.value_counts();
+    Ok(IngestSummary {
+        inputs: inputs.to_vec(),
+        output: output.display().to_string(),
+        read: stats,
+        unique: table.len() as u64,
+        clusters: n_clusters,
+        near_dup: cfg.near_dup.clone(),
+        label_conflicts: table.label_conflicts(),
+        by_label,
+        by_platform,
+        seconds_read,
+        seconds_near_dup,
+        seconds_write,
+        seconds_total: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The Arrow schema of the output (see the module docs).
+pub fn output_schema(normalized: bool, near_dup: Option<&MinHashConfig>) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("cmd", DataType::Utf8, false),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("first_seen_source", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, true),
+        Field::new("platform", DataType::Utf8, true),
+        Field::new("cluster", DataType::UInt32, false),
+    ];
+    if normalized {
+        fields.push(Field::new("normalized", DataType::Utf8, false));
+    }
+    let mut meta = HashMap::new();
+    meta.insert("longtail.schema".to_string(), SCHEMA_VERSION.to_string());
+    meta.insert(
+        "longtail.near_dup".to_string(),
+        serde_json::to_string(&near_dup).unwrap_or_else(|_| "null".into()),
+    );
+    Arc::new(Schema::new_with_metadata(fields, meta))
+}
+
+fn write_table(
+    table: &DedupTable,
+    clusters: Option<&[u32]>,
+    cfg: &IngestConfig,
+    output: &Path,
+) -> Result<()> {
+    let schema = output_schema(cfg.normalized, cfg.near_dup.as_ref());
+    let mut sink = ParquetSink::create(output, schema.clone())?;
+    let bar = cfg
+        .read
+        .progress
+        .then(|| progress::bar(table.len() as u64, "writing", "rows"));
+    let mut norm = String::new();
+    for start in (0..table.len()).step_by(WRITE_BATCH) {
+        let end = (start + WRITE_BATCH).min(table.len());
+        let bytes: usize = (start..end).map(|i| table.entries[i].len as usize).sum();
+        let mut cmd = StringBuilder::with_capacity(end - start, bytes);
+        let mut source = StringBuilder::new();
+        let mut label = StringBuilder::new();
+        let mut platform = StringBuilder::new();
+        let mut normalized = cfg
+            .normalized
+            .then(|| StringBuilder::with_capacity(end - start, bytes + bytes / 4));
+        let mut counts = Vec::with_capacity(end - start);
+        for i in start..end {
+            let e = &table.entries[i];
+            cmd.append_value(table.text(i));
+            counts.push(e.count);
+            source.append_value(&table.sources[e.source as usize]);
+            label.append_option(table.labels.get(e.label));
+            platform.append_option(table.platforms.get(e.platform));
+            if let Some(b) = normalized.as_mut() {
+                normalize::normalize_into(table.text(i), &mut norm);
+                b.append_value(&norm);
+            }
+        }
+        let cluster = UInt32Array::from(match clusters {
+            Some(c) => c[start..end].to_vec(),
+            None => (start as u32..end as u32).collect::<Vec<u32>>(),
+        });
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(cmd.finish()),
+            Arc::new(UInt64Array::from(counts)),
+            Arc::new(source.finish()),
+            Arc::new(label.finish()),
+            Arc::new(platform.finish()),
+            Arc::new(cluster),
+        ];
+        if let Some(mut b) = normalized {
+            columns.push(Arc::new(b.finish()));
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .runtime_ctx(|| "building an output batch")?;
+        sink.write(&batch)?;
+        if let Some(bar) = &bar {
+            bar.inc((end - start) as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    sink.finish()?;
+    Ok(())
+}
+
+/// A hasher for keys that already are good hashes (xxh3 values): passes them through.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; this path is a fallback that stays correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Small set of distinct strings (labels, platforms) by 16-bit id; id 0 means "none".
+#[derive(Default)]
+struct Interner {
+    values: Vec<String>,
+    ids: HashMap<String, u16>,
+    /// Input rows per id (index 0: rows without a value).
+    rows: Vec<u64>,
+}
+
+impl Interner {
+    fn id(&mut self, value: Option<&str>, what: &str) -> Result<u16> {
+        let Some(v) = value else { return Ok(0) };
+        if let Some(&id) = self.ids.get(v) {
+            return Ok(id);
+        }
+        if self.values.len() >= u16::MAX as usize - 1 {
+            return Err(Error::input(format!(
+                "more than 65,000 distinct {what} values: is --{what}-column pointing at the right column?"
+            )));
+        }
+        self.values.push(v.to_string());
+        let id = self.values.len() as u16;
+        self.ids.insert(v.to_string(), id);
+        Ok(id)
+    }
+    fn get(&self, id: u16) -> Option<&str> {
+        (id > 0).then(|| self.values[id as usize - 1].as_str())
+    }
+    fn count_row(&mut self, id: u16) {
+        if self.rows.len() <= id as usize {
+            self.rows.resize(id as usize + 1, 0);
+        }
+        self.rows[id as usize] += 1;
+    }
+}
+
+const NO_NEXT: u32 = u32::MAX;
+const SEEN_BENIGN: u8 = 1;
+const SEEN_MALICIOUS: u8 = 2;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    start: u64,
+    len: u32,
+    /// Next entry with the same 64-bit hash (collision chain), or `NO_NEXT`.
+    next: u32,
+    count: u64,
+    source: u32,
+    label: u16,
+    platform: u16,
+    flags: u8,
+}
+
+/// Label precedence on conflict: malicious > benign > any other value > none.
+fn label_rank(label: Option<&str>) -> u8 {
+    match label {
+        None => 0,
+        Some(l) if l.eq_ignore_ascii_case("malicious") => 3,
+        Some(l) if l.eq_ignore_ascii_case("benign") => 2,
+        Some(_) => 1,
+    }
+}
+
+/// Exact dedup of command texts with counts, first source, and merged label and platform.
+/// Each text is stored once in one arena; memory is about 40 bytes + the text per unique line.
+#[derive(Default)]
+pub struct DedupTable {
+    index: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+    arena: String,
+    entries: Vec<Entry>,
+    sources: Vec<Arc<str>>,
+    labels: Interner,
+    platforms: Interner,
+}
+
+impl DedupTable {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Text of unique line `i` (in order of first appearance).
+    pub fn text(&self, i: usize) -> &str {
+        let e = &self.entries[i];
+        &self.arena[e.start as usize..e.start as usize + e.len as usize]
+    }
+
+    /// Count of unique line `i`.
+    pub fn count(&self, i: usize) -> u64 {
+        self.entries[i].count
+    }
+
+    /// Resolved label of unique line `i`.
+    pub fn label(&self, i: usize) -> Option<&str> {
+        self.labels.get(self.entries[i].label)
+    }
+
+    /// Resolved platform of unique line `i`.
+    pub fn platform(&self, i: usize) -> Option<&str> {
+        self.platforms.get(self.entries[i].platform)
+    }
+
+    /// Source file of the first occurrence of unique line `i`.
+    pub fn first_seen_source(&self, i: usize) -> &str {
+        &self.sources[self.entries[i].source as usize]
+    }
+
+    /// Add one record. Fails only past 2^32-1 unique lines or 65,000 distinct labels.
+    pub fn insert(&mut self, r: &RecordRef<'_>) -> Result<()> {
+        self.insert_hashed(r, xxhash_rust::xxh3::xxh3_64(r.cmd.as_bytes()))
+    }
+
+    /// [`Self::insert`] with the text's hash given (tests force collisions through it).
+    fn insert_hashed(&mut self, r: &RecordRef<'_>, hash: u64) -> Result<()> {
+        let label = self.labels.id(r.label, "label")?;
+        let platform = self.platforms.id(r.platform, "platform")?;
+        self.labels.count_row(label);
+        self.platforms.count_row(platform);
+        let flags = match label_rank(r.label) {
+            3 => SEEN_MALICIOUS,
+            2 => SEEN_BENIGN,
+            _ => 0,
+        };
+        let new_index = self.entries.len() as u32;
+        if let Some(&head) = self.index.get(&hash) {
+            let mut i = head;
+            while i != NO_NEXT {
+                if self.text(i as usize) == r.cmd {
+                    self.merge(i as usize, r, label, platform, flags);
+                    return Ok(());
+                }
+                i = self.entries[i as usize].next;
+            }
+        }
+        if new_index == NO_NEXT {
+            return Err(Error::input(
+                "more than 2^32-1 unique lines; split the input",
+            ));
+        }
+        let chain_head = self.index.insert(hash, new_index).unwrap_or(NO_NEXT);
+        let source = match self.sources.last() {
+            Some(last) if Arc::ptr_eq(last, r.source) || **last == **r.source => {
+                self.sources.len() as u32 - 1
+            }
+            _ => {
+                self.sources.push(Arc::clone(r.source));
+                self.sources.len() as u32 - 1
+            }
+        };
+        let start = self.arena.len() as u64;
+        self.arena.push_str(r.cmd);
+        self.entries.push(Entry {
+            start,
+            len: r.cmd.len() as u32,
+            next: chain_head,
+            count: 1,
+            source,
+            label,
+            platform,
+            flags,
+        });
+        Ok(())
+    }
+
+    fn merge(&mut self, i: usize, r: &RecordRef<'_>, label: u16, platform: u16, flags: u8) {
+        let current_label = self.labels.get(self.entries[i].label);
+        let current_platform = self.platforms.get(self.entries[i].platform);
+        let replace_label = label_rank(r.label) > label_rank(current_label);
+        let replace_platform = match (current_platform, r.platform) {
+            (None, Some(_)) => true,
+            (Some(cur), Some(new)) => {
+                cur.eq_ignore_ascii_case("unknown") && !new.eq_ignore_ascii_case("unknown")
+            }
+            _ => false,
+        };
+        let e = &mut self.entries[i];
+        e.count += 1;
+        e.flags |= flags;
+        if replace_label {
+            e.label = label;
+        }
+        if replace_platform {
+            e.platform = platform;
+        }
+    }
+
+    /// Unique lines seen with both a benign and a malicious label.
+    pub fn label_conflicts(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.flags == SEEN_BENIGN | SEEN_MALICIOUS)
+            .count() as u64
+    }
+
+    /// Rows and unique lines per label and per platform, most rows first.
+    pub fn value_counts(&self) -> (Vec<ValueCount>, Vec<ValueCount>) {
+        let counts = |interner: &Interner, pick: fn(&Entry) -> u16| {
+            let mut unique = vec![0u64; interner.values.len() + 1];
+            for e in &self.entries {
+                unique[pick(e) as usize] += 1;
+            }
+            let mut out: Vec<ValueCount> = (0..=interner.values.len())
+                .map(|id| ValueCount {
+                    value: interner.get(id as u16).unwrap_or("(none)").to_string(),
+                    rows: interner.rows.get(id).copied().unwrap_or(0),
+                    unique: unique[id],
+                })
+                .filter(|v| v.rows > 0 || v.unique > 0)
+                .collect();
+            out.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.value.cmp(&b.value)));
+            out
+        };
+        (
+            counts(&self.labels, |e| e.label),
+            counts(&self.platforms, |e| e.platform),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec<'a>(
+        cmd: &'a str,
+        label: Option<&'a str>,
+        platform: Option<&'a str>,
+        src: &'a Arc<str>,
+    ) -> RecordRef<'a> {
+        RecordRef {
+            cmd,
+            label,
+            platform,
+            source: src,
+            line: 1,
+            extra: None,
+        }
+    }
+
+    #[test]
+    fn dedup_counts_and_resolves_labels() {
+        let a: Arc<str> = "a.jsonl".into();
+        let b: Arc<str> = "b.jsonl".into();
+        let mut t = DedupTable::default();
+        t.insert(&rec("whoami", Some("benign"), Some("unknown"), &a))
+            .unwrap();
+        t.insert(&rec("ls", None, None, &a)).unwrap();
+        t.insert(&rec("whoami", Some("malicious"), Some("windows"), &b))
+            .unwrap();
+        t.insert(&rec("whoami", Some("benign"), Some("linux"), &b))
+            .unwrap();
+        t.insert(&rec("ls", Some("unknown"), None, &b)).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t.text(0), t.count(0), t.label(0), t.platform(0)),
+            ("whoami", 3, Some("malicious"), Some("windows"))
+        );
+        assert_eq!(t.first_seen_source(0), "a.jsonl");
+        assert_eq!(
+            (t.text(1), t.count(1), t.label(1), t.platform(1)),
+            ("ls", 2, Some("unknown"), None)
+        );
+        assert_eq!(t.label_conflicts(), 1);
+        let (labels, platforms) = t.value_counts();
+        let benign = labels.iter().find(|v| v.value == "benign").unwrap();
+        assert_eq!((benign.rows, benign.unique), (2, 0));
+        let mal = labels.iter().find(|v| v.value == "malicious").unwrap();
+        assert_eq!((mal.rows, mal.unique), (1, 1));
+        assert!(
+            platforms
+                .iter()
+                .any(|v| v.value == "(none)" && v.rows == 2 && v.unique == 1)
+        );
+    }
+
+    #[test]
+    fn hash_collisions_keep_texts_apart() {
+        // Every text under one hash value: the collision chain must still tell them apart.
+        let src: Arc<str> = "x".into();
+        let mut t = DedupTable::default();
+        for i in 0..1000 {
+            t.insert_hashed(&rec(&format!("cmd {}", i % 100), None, None, &src), 7)
+                .unwrap();
+        }
+        assert_eq!(t.len(), 100);
+        assert!((0..100).all(|i| t.count(i) == 10));
+    }
+
+    #[test]
+    fn delimiter_parsing() {
+        assert_eq!(parse_delimiter("\\t"), Ok(b'\t'));
+        assert_eq!(parse_delimiter(";"), Ok(b';'));
+        assert!(parse_delimiter("ab").is_err());
+    }
 }
