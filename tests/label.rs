@@ -1207,3 +1207,50 @@ fn engine_throughput() {
         );
     }
 }
+
+/// How often the injection filter fires on the shared corpora (real command lines): the cost
+/// of the filter in lost benign augmentation candidates. Not a timed test; run with
+/// `cargo test --release --test label -- --ignored --nocapture injection_filter_rates`.
+#[test]
+#[ignore]
+fn injection_filter_rates_on_shared_corpora() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cmdlines");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("../shared/data/cmdlines")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut by_label: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut reasons: HashMap<String, usize> = HashMap::new();
+        for line in text.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (Some(cmd), Some(label)) = (row["cmd"].as_str(), row["label"].as_str()) else {
+                continue;
+            };
+            let entry = by_label.entry(label.to_string()).or_default();
+            entry.0 += 1;
+            if let Some(reason) = longtail::label::injection_reason(cmd) {
+                entry.1 += 1;
+                let short: String = reason.chars().take(60).collect();
+                *reasons.entry(short).or_default() += 1;
+            }
+        }
+        let mut top: Vec<_> = reasons.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut labels: Vec<_> = by_label.into_iter().collect();
+        labels.sort();
+        for (label, (n, flagged)) in labels {
+            println!(
+                "{:<34} {label:<9} {flagged:>5} / {n:>6} flagged ({:.3}%)",
+                path.file_name().unwrap().to_string_lossy(),
+                100.0 * flagged as f64 / n.max(1) as f64
+            );
+        }
+        for (reason, n) in top.iter().take(3) {
+            println!("      {n:>5}  {reason}");
+        }
+    }
+}
