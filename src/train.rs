@@ -9,7 +9,7 @@ use crate::table::write_atomic;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::{BurnpackStore, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::time::Instant;
 
 /// Optimisation settings; saved beside the weights with the model config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     pub epochs: usize,
     pub lr: f64,
@@ -32,7 +32,14 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { epochs: 4, lr: 2e-3, weight_decay: 0.01, warmup_fraction: 0.05, grad_clip: 1.0, patience: 0 }
+        Self {
+            epochs: 4,
+            lr: 2e-3,
+            weight_decay: 0.01,
+            warmup_fraction: 0.05,
+            grad_clip: 1.0,
+            patience: 0,
+        }
     }
 }
 
@@ -70,7 +77,9 @@ impl RunDir {
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join("checkpoint"))
             .runtime_ctx(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
     fn ckpt(&self, name: &str) -> PathBuf {
         self.dir.join("checkpoint").join(name)
@@ -96,12 +105,18 @@ pub fn save_weights<M: Module>(model: &M, path: &Path) -> Result<()> {
 /// Load safetensors weights into a freshly initialised module of the same config.
 pub fn load_weights<M: Module>(mut model: M, path: &Path) -> Result<M> {
     let bytes = std::fs::read(path).input_ctx(|| {
-        format!("cannot read weights {} (train a model first, or pass the right --model dir)", path.display())
+        format!(
+            "cannot read weights {} (train a model first, or pass the right --model dir)",
+            path.display()
+        )
     })?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    let result = model
-        .load_from(&mut store)
-        .input_ctx(|| format!("{} does not match the model config beside it", path.display()))?;
+    let result = model.load_from(&mut store).input_ctx(|| {
+        format!(
+            "{} does not match the model config beside it",
+            path.display()
+        )
+    })?;
     if !result.missing.is_empty() {
         return Err(Error::input(format!(
             "{} lacks tensors {:?}: it was saved from a different architecture",
@@ -109,6 +124,28 @@ pub fn load_weights<M: Module>(mut model: M, path: &Path) -> Result<M> {
             result.missing
         )));
     }
+    Ok(model)
+}
+
+/// Checkpoint weights keep Burn's parameter ids (burnpack), which the optimizer state is keyed
+/// by: safetensors would load the values under fresh ids and silently reset Adam's moments.
+fn save_checkpoint_weights<M: Module>(model: &M, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("bpk.tmp");
+    let mut store = BurnpackStore::from_file(&tmp).overwrite(true);
+    model
+        .save_into(&mut store)
+        .runtime_ctx(|| format!("writing checkpoint {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).runtime_ctx(|| format!("moving checkpoint into {}", path.display()))
+}
+
+fn load_checkpoint_weights<M: Module>(mut model: M, path: &Path) -> Result<M> {
+    let mut store = BurnpackStore::from_file(path);
+    model.load_from(&mut store).input_ctx(|| {
+        format!(
+            "cannot load checkpoint {}; delete the checkpoint to start over",
+            path.display()
+        )
+    })?;
     Ok(model)
 }
 
@@ -146,19 +183,26 @@ impl Trainer<'_> {
     {
         let mut optim_cfg = AdamWConfig::new().with_weight_decay(self.cfg.weight_decay as f32);
         if self.cfg.grad_clip > 0.0 {
-            optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(self.cfg.grad_clip as f32)));
+            optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(
+                self.cfg.grad_clip as f32,
+            )));
         }
         let mut optim = optim_cfg.init();
         let mut state = TrainState::default();
         if self.resume && self.run.has_checkpoint() {
             let text = std::fs::read_to_string(self.run.ckpt("state.json"))?;
-            state = serde_json::from_str(&text)
-                .input_ctx(|| "checkpoint/state.json is corrupt; delete the checkpoint to start over")?;
-            model = load_weights(model, &self.run.ckpt("model.safetensors"))?;
+            state = serde_json::from_str(&text).input_ctx(
+                || "checkpoint/state.json is corrupt; delete the checkpoint to start over",
+            )?;
+            model = load_checkpoint_weights(model, &self.run.ckpt("model.bpk"))?;
             optim = optim
                 .load(self.run.ckpt("optim.bpk"))
                 .input_ctx(|| "cannot load the optimizer checkpoint; delete it to start over")?;
-            tracing::info!("resuming after epoch {} (step {})", state.epochs_done, state.step);
+            tracing::info!(
+                "resuming after epoch {} (step {})",
+                state.epochs_done,
+                state.step
+            );
         } else if self.run.has_checkpoint() {
             tracing::info!("starting over (a checkpoint exists; pass --resume to continue it)");
         }
@@ -169,11 +213,15 @@ impl Trainer<'_> {
                 && let Some(best) = state.best_epoch
                 && epoch >= best + 1 + self.cfg.patience
             {
-                tracing::info!("early stop: no validation improvement since epoch {}", best + 1);
+                tracing::info!(
+                    "early stop: no validation improvement since epoch {}",
+                    best + 1
+                );
                 break;
             }
             // Dropout and any device-side randomness: a function of (seed, epoch) only.
-            self.device.seed(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+            self.device
+                .seed(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
             let batches = epoch_batches(epoch);
             let lines: usize = batches.iter().map(|b| b.lines).sum();
             let bar = crate::progress::bar(lines as u64, self.what, "lines");
@@ -195,7 +243,12 @@ impl Trainer<'_> {
                     }
                     sum += v as f64;
                     n += 1;
-                    bar.set_message(format!("epoch {}/{} loss {:.3}", epoch + 1, self.cfg.epochs, sum / n as f64));
+                    bar.set_message(format!(
+                        "epoch {}/{} loss {:.3}",
+                        epoch + 1,
+                        self.cfg.epochs,
+                        sum / n as f64
+                    ));
                 }
                 model = optim.step(lr, model, grads);
                 state.step += 1;
@@ -204,7 +257,9 @@ impl Trainer<'_> {
             bar.finish_and_clear();
             let secs = start.elapsed().as_secs_f64();
             let val = validate(&model.valid())?;
-            state.train_loss.push(if n > 0 { sum / n as f64 } else { f64::NAN });
+            state
+                .train_loss
+                .push(if n > 0 { sum / n as f64 } else { f64::NAN });
             state.val_loss.push(val);
             state.lines_per_sec.push(lines as f64 / secs.max(1e-9));
             state.epochs_done = epoch + 1;
@@ -224,17 +279,23 @@ impl Trainer<'_> {
             );
             // Checkpoint: weights and optimizer first, state last, so state.json never points
             // at an epoch whose files are missing.
-            save_weights(&model, &self.run.ckpt("model.safetensors"))?;
-            let optim_bytes = optim.into_bytes().runtime_ctx(|| "serialising the optimizer")?;
+            save_checkpoint_weights(&model, &self.run.ckpt("model.bpk"))?;
+            let optim_bytes = optim
+                .into_bytes()
+                .runtime_ctx(|| "serialising the optimizer")?;
             write_atomic(&self.run.ckpt("optim.bpk"), &optim_bytes)?;
             write_atomic(
                 &self.run.ckpt("state.json"),
-                serde_json::to_string_pretty(&state).expect("plain data").as_bytes(),
+                serde_json::to_string_pretty(&state)
+                    .expect("plain data")
+                    .as_bytes(),
             )?;
         }
         let model = match best_model {
             Some(m) => m,
-            None if self.run.best_weights().exists() => load_weights(model, &self.run.best_weights())?,
+            None if self.run.best_weights().exists() => {
+                load_weights(model, &self.run.best_weights())?
+            }
             None => model,
         };
         Ok((model, state))
@@ -247,7 +308,11 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_reaches_floor() {
-        let cfg = OptimConfig { lr: 1.0, warmup_fraction: 0.1, ..Default::default() };
+        let cfg = OptimConfig {
+            lr: 1.0,
+            warmup_fraction: 0.1,
+            ..Default::default()
+        };
         assert!((lr_at(&cfg, 0, 100) - 0.1).abs() < 1e-9);
         assert!((lr_at(&cfg, 9, 100) - 1.0).abs() < 1e-9);
         assert!(lr_at(&cfg, 50, 100) < 1.0 && lr_at(&cfg, 50, 100) > 0.05);

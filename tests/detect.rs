@@ -9,12 +9,33 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn sample(name: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/sample")
+        .join(name);
     std::fs::read_to_string(&path)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cmd"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["cmd"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect()
+}
+
+/// Entropy (nats per byte) of the byte frequencies of `lines`: what a model ignoring context scores.
+fn unigram_entropy(lines: &[String]) -> f64 {
+    let mut counts = [0f64; 256];
+    for b in lines.iter().flat_map(|l| l.bytes()) {
+        counts[b as usize] += 1.0;
+    }
+    let n: f64 = counts.iter().sum();
+    counts
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| -(c / n) * (c / n).ln())
+        .sum()
 }
 
 /// A model small enough to train in seconds on two cores.
@@ -27,7 +48,8 @@ fn tiny_config(epochs: usize) -> DetectorConfig {
     c.model.max_len = 64;
     c.model.chunk_overlap = 16;
     c.optim.epochs = epochs;
-    c.optim.lr = 3e-3;
+    c.optim.lr = 1e-2;
+    c.sampling.max_batch = 16;
     c.iforest.n_trees = 100;
     c
 }
@@ -36,7 +58,12 @@ fn globals(device: DeviceChoice) -> Globals {
     Globals { device, seed: 7 }
 }
 
-fn train_into(dir: &Path, lines: &[String], cfg: &DetectorConfig, device: DeviceChoice) -> detect::DetectorBundle {
+fn train_into(
+    dir: &Path,
+    lines: &[String],
+    cfg: &DetectorConfig,
+    device: DeviceChoice,
+) -> detect::DetectorBundle {
     let counts = vec![1u64; lines.len()];
     detect::train(
         &TrainRequest {
@@ -55,7 +82,11 @@ fn train_into(dir: &Path, lines: &[String], cfg: &DetectorConfig, device: Device
 }
 
 fn opts(kind: DetectorKind) -> ScoreOptions {
-    ScoreOptions { kind, batch_tokens: 4096, top_surprises: 2 }
+    ScoreOptions {
+        kind,
+        batch_tokens: 4096,
+        top_surprises: 2,
+    }
 }
 
 #[test]
@@ -67,17 +98,37 @@ fn flex_detector_ranks_attacks_above_unseen_benign_lines_and_round_trips() {
     let bundle = train_into(dir.path(), train, &tiny_config(2), DeviceChoice::Flex);
     let state = bundle.training.unwrap();
     assert_eq!(state.epochs_done, 2);
-    assert!(state.val_loss[1] < state.val_loss[0] + 0.05, "validation loss {:?}", state.val_loss);
+    assert!(
+        state.val_loss[1] < state.val_loss[0] + 0.05,
+        "validation loss {:?}",
+        state.val_loss
+    );
     // Uniform guessing over 256 bytes costs ln(256) = 5.55 nats a byte; the model must do far better.
-    assert!(state.val_loss[1] < 3.5, "validation loss {:?}", state.val_loss);
+    assert!(
+        state.val_loss[1] < 3.5,
+        "validation loss {:?}",
+        state.val_loss
+    );
 
     let detector = detect::Detector::load(dir.path(), &globals(DeviceChoice::Flex)).unwrap();
     let test: Vec<String> = held_out.iter().chain(&attacks).cloned().collect();
     let labels: Vec<bool> = (0..test.len()).map(|i| i >= held_out.len()).collect();
-    let scores = detector.score(&test, &opts(DetectorKind::Combined)).unwrap();
-    let ae: Vec<f64> = scores.autoencoder.as_ref().unwrap().iter().map(|s| s.mean_nll as f64).collect();
+    let scores = detector
+        .score(&test, &opts(DetectorKind::Combined))
+        .unwrap();
+    let ae: Vec<f64> = scores
+        .autoencoder
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|s| s.mean_nll as f64)
+        .collect();
     let iforest = scores.iforest.clone().unwrap();
-    for (name, s) in [("autoencoder", &ae), ("iforest", &iforest), ("combined", &scores.score)] {
+    for (name, s) in [
+        ("autoencoder", &ae),
+        ("iforest", &iforest),
+        ("combined", &scores.score),
+    ] {
         let auc = roc_auc(s, &labels).unwrap();
         eprintln!("{name}: AUC {auc:.3}");
         assert!(auc > 0.6, "{name} AUC {auc}");
@@ -86,13 +137,18 @@ fn flex_detector_ranks_attacks_above_unseen_benign_lines_and_round_trips() {
     let s = &scores.autoencoder.as_ref().unwrap()[held_out.len()];
     let line = &test[held_out.len()];
     for sp in &s.surprises {
-        assert_eq!(sp.text, String::from_utf8_lossy(&line.as_bytes()[sp.offset..sp.offset + sp.len]));
+        assert_eq!(
+            sp.text,
+            String::from_utf8_lossy(&line.as_bytes()[sp.offset..sp.offset + sp.len])
+        );
     }
     assert!(s.window_nll >= s.mean_nll);
 
     // Loading the weights back gives the same scores as the files on disk say.
     let again = detect::Detector::load(dir.path(), &globals(DeviceChoice::Flex)).unwrap();
-    let rescored = again.score(&test[..50], &opts(DetectorKind::Autoencoder)).unwrap();
+    let rescored = again
+        .score(&test[..50], &opts(DetectorKind::Autoencoder))
+        .unwrap();
     for (a, b) in rescored.score.iter().zip(&ae[..50]) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
@@ -102,14 +158,21 @@ fn flex_detector_ranks_attacks_above_unseen_benign_lines_and_round_trips() {
 fn long_lines_are_chunked_and_the_odd_fragment_is_found() {
     let benign = sample("nl2bash.jsonl");
     let dir = tempfile::tempdir().unwrap();
-    train_into(dir.path(), &benign[..1500], &tiny_config(2), DeviceChoice::Flex);
+    train_into(
+        dir.path(),
+        &benign[..1500],
+        &tiny_config(2),
+        DeviceChoice::Flex,
+    );
     let detector = detect::Detector::load(dir.path(), &globals(DeviceChoice::Flex)).unwrap();
     // A long ordinary line with a burst of random base64 in the middle, well past one context.
     let prefix = "find . -name '*.txt' -type f -exec grep -l hello {} \\; ".repeat(3);
     let odd = "JABzAD0ATgBlAHcALQBPAGIAagBlAGMAdAAgAEkATwAuAE0AZQBtAG8AcgB5AFMAdAByAGUAYQBtACgA";
     let line = format!("{prefix}{odd} {prefix}");
     assert!(line.len() > 3 * 64);
-    let scores = detector.score(&[line.clone()], &opts(DetectorKind::Autoencoder)).unwrap();
+    let scores = detector
+        .score(&[line.clone()], &opts(DetectorKind::Autoencoder))
+        .unwrap();
     let s = &scores.autoencoder.unwrap()[0];
     let worst = &s.surprises[0];
     assert!(
@@ -139,24 +202,35 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     let lines: Vec<String> = sample("nl2bash.jsonl").into_iter().take(1200).collect();
     let input = work.path().join("lines.parquet");
     let counts = vec![1u64; lines.len()];
-    let scores = detect::Scores { score: vec![0.0; lines.len()], ..Default::default() };
+    let scores = detect::Scores {
+        score: vec![0.0; lines.len()],
+        ..Default::default()
+    };
     detect::write_scores(&input, &lines, &counts, &scores).unwrap();
     let cfg = work.path().join("tiny.toml");
     std::fs::write(
         &cfg,
         "[model]\nobjective='masked'\nd_model=32\nn_heads=2\nn_layers=1\nd_ff=64\nmax_len=64\nchunk_overlap=16\n\
          dropout=0.1\nmask_prob=0.25\nbottleneck_dim=16\ndecoder_layers=1\nwindow=8\n\
-         [optim]\nepochs=3\nlr=0.003\nweight_decay=0.01\nwarmup_fraction=0.05\ngrad_clip=1.0\npatience=0\n",
+         [sampling]\nmax_batch=16\n[optim]\nepochs=3\nlr=0.01\nweight_decay=0.01\nwarmup_fraction=0.05\ngrad_clip=1.0\npatience=0\n",
     )
     .unwrap();
     let train = |out: &Path, resume: bool| {
         let mut c = Command::new(bin());
-        c.args(["--device", "flex", "-q", "train-detector", "--detector", "autoencoder", "--input"])
-            .arg(&input)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--out")
-            .arg(out);
+        c.args([
+            "--device",
+            "flex",
+            "-q",
+            "train-detector",
+            "--detector",
+            "autoencoder",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(out);
         if resume {
             c.arg("--resume");
         }
@@ -169,8 +243,14 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     let mut child = train(&killed, false).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while read_state(&killed).is_none_or(|s| s["epochs_done"] != 1) {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint after 300 s");
-        assert!(child.try_wait().unwrap().is_none(), "training ended before it could be killed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it could be killed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -182,7 +262,10 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     let b = read_state(&killed).unwrap();
     assert_eq!(b["epochs_done"], 3);
     assert_eq!(a["step"], b["step"]);
-    let (va, vb) = (a["val_loss"][2].as_f64().unwrap(), b["val_loss"][2].as_f64().unwrap());
+    let (va, vb) = (
+        a["val_loss"][2].as_f64().unwrap(),
+        b["val_loss"][2].as_f64().unwrap(),
+    );
     assert!((va - vb).abs() < 1e-3, "uninterrupted {va} vs resumed {vb}");
 }
 
@@ -190,7 +273,9 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
 /// after installing mesa-vulkan-drivers, so a missing driver fails there instead of skipping.
 #[test]
 fn wgpu_cpu_trains_and_scores_a_tiny_model() {
-    let has_cpu_adapter = longtail::device::wgpu_adapters().iter().any(|(_, kind, _)| kind == "Cpu");
+    let has_cpu_adapter = longtail::device::wgpu_adapters()
+        .iter()
+        .any(|(_, kind, _)| kind == "Cpu");
     if !has_cpu_adapter {
         assert!(
             std::env::var("LONGTAIL_REQUIRE_WGPU").is_err(),
@@ -208,13 +293,22 @@ fn wgpu_cpu_trains_and_scores_a_tiny_model() {
     let val = bundle.training.unwrap().val_loss[0];
     assert!(val.is_finite() && val < 5.6, "validation loss {val}");
     let detector = detect::Detector::load(dir.path(), &globals(DeviceChoice::WgpuCpu)).unwrap();
-    let scores = detector.score(&lines[..20], &opts(DetectorKind::Combined)).unwrap();
+    let scores = detector
+        .score(&lines[..20], &opts(DetectorKind::Combined))
+        .unwrap();
     assert!(scores.score.iter().all(|s| s.is_finite()));
     // The same weights on flex give the same reconstruction error (backends agree).
     let on_flex = detect::Detector::load(dir.path(), &globals(DeviceChoice::Flex)).unwrap();
-    let flex_scores = on_flex.score(&lines[..20], &opts(DetectorKind::Autoencoder)).unwrap();
+    let flex_scores = on_flex
+        .score(&lines[..20], &opts(DetectorKind::Autoencoder))
+        .unwrap();
     let gpu_ae = scores.autoencoder.unwrap();
     for (a, b) in gpu_ae.iter().zip(flex_scores.autoencoder.unwrap()) {
-        assert!((a.mean_nll - b.mean_nll).abs() < 1e-3, "{} vs {}", a.mean_nll, b.mean_nll);
+        assert!(
+            (a.mean_nll - b.mean_nll).abs() < 1e-3,
+            "{} vs {}",
+            a.mean_nll,
+            b.mean_nll
+        );
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// How training batches are drawn from the unlabeled stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
     /// A unique line seen `count` times is drawn with probability proportional to
     /// `count ^ count_power`: 1 follows the raw stream (frequent lines dominate), 0 treats
@@ -29,7 +29,13 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { count_power: 0.5, lines_per_epoch: 0, val_fraction: 0.05, max_batch: 128, batch_tokens: 8192 }
+        Self {
+            count_power: 0.5,
+            lines_per_epoch: 0,
+            val_fraction: 0.05,
+            max_batch: 128,
+            batch_tokens: 8192,
+        }
     }
 }
 
@@ -39,7 +45,11 @@ pub fn split_train_val(lines: &[Vec<u8>], val_fraction: f64) -> (Vec<usize>, Vec
     let cut = (val_fraction.clamp(0.0, 0.5) * u64::MAX as f64) as u64;
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (i, l) in lines.iter().enumerate() {
-        if xxhash_rust::xxh3::xxh3_64_with_seed(l, 0x5eed) < cut { val.push(i) } else { train.push(i) }
+        if xxhash_rust::xxh3::xxh3_64_with_seed(l, 0x5eed) < cut {
+            val.push(i)
+        } else {
+            train.push(i)
+        }
     }
     if train.is_empty() {
         std::mem::swap(&mut train, &mut val);
@@ -69,7 +79,11 @@ fn make_batches(
     groups
         .into_iter()
         .map(|group| {
-            let len = group.iter().map(|&i| padded_len(lens[i])).max().unwrap_or(8);
+            let len = group
+                .iter()
+                .map(|&i| padded_len(lens[i]))
+                .max()
+                .unwrap_or(8);
             let mut hb = HostBatch::new(group.len(), len);
             for (row, &i) in group.iter().enumerate() {
                 let (line, start, end) = pieces[i];
@@ -115,7 +129,11 @@ pub struct TrainSetup<'a> {
 }
 
 /// Train on unique `lines` with their stream `counts`. Returns the best model by validation loss.
-pub fn train(setup: &TrainSetup, lines: &[Vec<u8>], counts: &[u64]) -> Result<(ByteAutoencoder, TrainState)> {
+pub fn train(
+    setup: &TrainSetup,
+    lines: &[Vec<u8>],
+    counts: &[u64],
+) -> Result<(ByteAutoencoder, TrainState)> {
     let cfg = setup.model;
     cfg.validate()?;
     if lines.is_empty() {
@@ -130,7 +148,8 @@ pub fn train(setup: &TrainSetup, lines: &[Vec<u8>], counts: &[u64]) -> Result<(B
         .iter()
         .map(|&i| (counts[i].max(1) as f64).powf(setup.sampling.count_power))
         .collect();
-    let sampler = WeightedIndex::new(&weights).map_err(|e| crate::Error::input(format!("bad counts: {e}")))?;
+    let sampler = WeightedIndex::new(&weights)
+        .map_err(|e| crate::Error::input(format!("bad counts: {e}")))?;
     let per_epoch = match setup.sampling.lines_per_epoch {
         0 => train_idx.len(),
         n => n,
@@ -147,7 +166,9 @@ pub fn train(setup: &TrainSetup, lines: &[Vec<u8>], counts: &[u64]) -> Result<(B
     let val_batches = make_batches(cfg, setup.sampling, lines, &val_pieces, &mut val_rng);
     let seed = setup.seed;
     let epoch_batches = |epoch: usize| {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)));
+        let mut rng = StdRng::seed_from_u64(
+            seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
+        );
         let pieces: Vec<_> = (0..per_epoch)
             .map(|_| {
                 let i = train_idx[sampler.sample(&mut rng)];
@@ -157,12 +178,22 @@ pub fn train(setup: &TrainSetup, lines: &[Vec<u8>], counts: &[u64]) -> Result<(B
             .collect();
         let mut batches = make_batches(cfg, setup.sampling, lines, &pieces, &mut rng);
         batches.shuffle(&mut rng);
-        batches.into_iter().map(|hb| Batch { lines: hb.batch, data: hb }).collect()
+        batches
+            .into_iter()
+            .map(|hb| Batch {
+                lines: hb.batch,
+                data: hb,
+            })
+            .collect()
     };
     let steps_per_epoch = {
         let mut rng = StdRng::seed_from_u64(seed);
         let lens: Vec<usize> = (0..per_epoch)
-            .map(|_| lines[train_idx[sampler.sample(&mut rng)]].len().min(cfg.max_len))
+            .map(|_| {
+                lines[train_idx[sampler.sample(&mut rng)]]
+                    .len()
+                    .min(cfg.max_len)
+            })
             .collect();
         bucket_by_length(&lens, setup.sampling.max_batch, setup.sampling.batch_tokens).len()
     };
@@ -238,7 +269,11 @@ pub fn byte_nlls(
     let lens: Vec<usize> = items.iter().map(|(c, _)| c.end - c.start).collect();
     let mut out: Vec<Vec<f32>> = lines.iter().map(|l| vec![0.0; l.len()]).collect();
     for group in bucket_by_length(&lens, 4096, batch_tokens) {
-        let len = group.iter().map(|&i| padded_len(lens[i])).max().unwrap_or(8);
+        let len = group
+            .iter()
+            .map(|&i| padded_len(lens[i]))
+            .max()
+            .unwrap_or(8);
         let mut hb = HostBatch::new(group.len(), len);
         for (row, &i) in group.iter().enumerate() {
             let (c, p) = items[i];
@@ -249,7 +284,9 @@ pub fn byte_nlls(
             }
         }
         let b = hb.to_device(device);
-        let nll = model.byte_nll(b.inputs, b.pad, b.targets).into_data_as::<f32>();
+        let nll = model
+            .byte_nll(b.inputs, b.pad, b.targets)
+            .into_data_as::<f32>();
         let nll = nll.as_slice::<f32>().expect("f32 data");
         for (row, &i) in group.iter().enumerate() {
             let (c, p) = items[i];
@@ -272,7 +309,11 @@ pub fn byte_nlls(
 /// Aggregate per-byte NLL into a line score with the `top` most surprising windows.
 pub fn summarize(line: &[u8], nll: &[f32], window: usize, top: usize) -> LineScore {
     if nll.is_empty() {
-        return LineScore { mean_nll: 0.0, window_nll: 0.0, surprises: vec![] };
+        return LineScore {
+            mean_nll: 0.0,
+            window_nll: 0.0,
+            surprises: vec![],
+        };
     }
     let n = nll.len();
     let mean = nll.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
@@ -290,7 +331,10 @@ pub fn summarize(line: &[u8], nll: &[f32], window: usize, top: usize) -> LineSco
         if surprises.len() >= top {
             break;
         }
-        if surprises.iter().all(|t| s + w <= t.offset || s >= t.offset + t.len) {
+        if surprises
+            .iter()
+            .all(|t| s + w <= t.offset || s >= t.offset + t.len)
+        {
             surprises.push(Surprise {
                 offset: s,
                 len: w,
@@ -299,7 +343,11 @@ pub fn summarize(line: &[u8], nll: &[f32], window: usize, top: usize) -> LineSco
             });
         }
     }
-    LineScore { mean_nll: mean as f32, window_nll, surprises }
+    LineScore {
+        mean_nll: mean as f32,
+        window_nll,
+        surprises,
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,13 @@ pub struct Chunk {
 /// Chunks of a line of `len` bytes for a context of `max_len` with `overlap` shared bytes.
 pub fn chunk_line(line: usize, len: usize, max_len: usize, overlap: usize) -> Vec<Chunk> {
     if len <= max_len {
-        return vec![Chunk { line, start: 0, end: len, own_from: 0, own_to: len }];
+        return vec![Chunk {
+            line,
+            start: 0,
+            end: len,
+            own_from: 0,
+            own_to: len,
+        }];
     }
     let stride = max_len - overlap;
     let half = overlap / 2;
@@ -52,7 +58,9 @@ pub fn bucket_by_length(lens: &[usize], max_batch: usize, batch_tokens: usize) -
     let mut current: Vec<usize> = Vec::new();
     for i in order {
         let padded = padded_len(lens[i]);
-        if !current.is_empty() && ((current.len() + 1) * padded > batch_tokens || current.len() >= max_batch) {
+        if !current.is_empty()
+            && ((current.len() + 1) * padded > batch_tokens || current.len() >= max_batch)
+        {
             batches.push(std::mem::take(&mut current));
         }
         current.push(i);
@@ -94,7 +102,13 @@ impl HostBatch {
 
     /// Fill row `row` with `bytes`; `masked(i)` says whether position i is hidden (replaced
     /// by MASK); `weighted(i)` whether it counts in the loss.
-    pub fn set_row(&mut self, row: usize, bytes: &[u8], masked: impl Fn(usize) -> bool, weighted: impl Fn(usize) -> bool) {
+    pub fn set_row(
+        &mut self,
+        row: usize,
+        bytes: &[u8],
+        masked: impl Fn(usize) -> bool,
+        weighted: impl Fn(usize) -> bool,
+    ) {
         let base = row * self.len;
         for (i, &b) in bytes.iter().enumerate() {
             self.inputs[base + i] = if masked(i) { MASK } else { b as i64 };
@@ -107,8 +121,14 @@ impl HostBatch {
     pub fn to_device(&self, device: &Device) -> DeviceBatch {
         let shape = [self.batch, self.len];
         DeviceBatch {
-            inputs: Tensor::<2, Int>::from_data(TensorData::new(self.inputs.clone(), shape), device),
-            targets: Tensor::<2, Int>::from_data(TensorData::new(self.targets.clone(), shape), device),
+            inputs: Tensor::<2, Int>::from_data(
+                TensorData::new(self.inputs.clone(), shape),
+                device,
+            ),
+            targets: Tensor::<2, Int>::from_data(
+                TensorData::new(self.targets.clone(), shape),
+                device,
+            ),
             pad: Tensor::<2, Bool>::from_data(TensorData::new(self.pad.clone(), shape), device),
             weight: Tensor::<2>::from_data(TensorData::new(self.weight.clone(), shape), device),
         }

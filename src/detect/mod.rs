@@ -38,7 +38,8 @@ pub struct DetectorConfig {
 
 impl DetectorConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).input_ctx(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .input_ctx(|| format!("cannot read config {}", path.display()))?;
         toml::from_str(&text).input_ctx(|| format!("invalid detector config {}", path.display()))
     }
 }
@@ -90,7 +91,14 @@ pub fn load_lines(inputs: &[PathBuf]) -> Result<(Vec<String>, Vec<u64>)> {
                 };
                 for (cmd, c) in cmds.iter().zip(cnt) {
                     if let Some(cmd) = cmd {
-                        add(cmd, if c.is_finite() && c >= 1.0 { c as u64 } else { 1 });
+                        add(
+                            cmd,
+                            if c.is_finite() && c >= 1.0 {
+                                c as u64
+                            } else {
+                                1
+                            },
+                        );
                     }
                 }
             }
@@ -142,8 +150,15 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<DetectorBundle> {
             .map(|&c| (c.max(1) as f64).powf(req.config.sampling.count_power))
             .collect();
         let forest = IsolationForest::fit(&data, &weights, &req.config.iforest, globals.seed)?;
-        table::write_atomic(&req.out.join("iforest.json"), &serde_json::to_vec(&forest).expect("plain data"))?;
-        tracing::info!("isolation forest: {} trees over {} lines", forest.config.n_trees, data.len());
+        table::write_atomic(
+            &req.out.join("iforest.json"),
+            &serde_json::to_vec(&forest).expect("plain data"),
+        )?;
+        tracing::info!(
+            "isolation forest: {} trees over {} lines",
+            forest.config.n_trees,
+            data.len()
+        );
     }
     if req.autoencoder {
         let bytes: Vec<Vec<u8>> = req.lines.iter().map(|l| l.as_bytes().to_vec()).collect();
@@ -166,7 +181,12 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<DetectorBundle> {
 }
 
 fn write_bundle(dir: &Path, bundle: &DetectorBundle) -> Result<()> {
-    table::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(bundle).expect("plain data").as_bytes())
+    table::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(bundle)
+            .expect("plain data")
+            .as_bytes(),
+    )
 }
 
 /// A trained detector, loaded for scoring.
@@ -183,7 +203,8 @@ impl Detector {
         let text = std::fs::read_to_string(&cfg_path).input_ctx(|| {
             format!("{} is not a detector directory (no config.json); train one with `longtail train-detector`", dir.display())
         })?;
-        let bundle: DetectorBundle = serde_json::from_str(&text).input_ctx(|| format!("invalid {}", cfg_path.display()))?;
+        let bundle: DetectorBundle =
+            serde_json::from_str(&text).input_ctx(|| format!("invalid {}", cfg_path.display()))?;
         let chosen = crate::device::resolve(globals.device)?;
         let autoencoder = if bundle.has_autoencoder {
             let model = bundle.config.model.init(&chosen.device);
@@ -198,7 +219,12 @@ impl Detector {
         } else {
             None
         };
-        Ok(Self { bundle, autoencoder, iforest, device: chosen.device })
+        Ok(Self {
+            bundle,
+            autoencoder,
+            iforest,
+            device: chosen.device,
+        })
     }
 }
 
@@ -250,28 +276,49 @@ impl Detector {
         };
         let mut out = Scores::default();
         if need_ae {
-            let model = self.autoencoder.as_ref().ok_or_else(|| missing("autoencoder"))?;
+            let model = self
+                .autoencoder
+                .as_ref()
+                .ok_or_else(|| missing("autoencoder"))?;
             let cfg = &self.bundle.config.model;
-            let bar = crate::progress::bar(lines.len() as u64 * cfg.score_passes() as u64, "scoring", "chunks");
+            let bar = crate::progress::bar(
+                lines.len() as u64 * cfg.score_passes() as u64,
+                "scoring",
+                "chunks",
+            );
             let mut all = Vec::with_capacity(lines.len());
             // Blocks bound the memory of per-byte buffers on large inputs.
             for block in lines.chunks(16_384) {
                 let bytes: Vec<&[u8]> = block.iter().map(|l| l.as_bytes()).collect();
-                let nll = autoencoder::byte_nlls(model, cfg, &bytes, &self.device, opts.batch_tokens, |n| {
-                    bar.inc(n as u64)
-                });
+                let nll = autoencoder::byte_nlls(
+                    model,
+                    cfg,
+                    &bytes,
+                    &self.device,
+                    opts.batch_tokens,
+                    |n| bar.inc(n as u64),
+                );
                 all.extend(
-                    bytes.iter().zip(&nll).map(|(b, n)| autoencoder::summarize(b, n, cfg.window, opts.top_surprises)),
+                    bytes
+                        .iter()
+                        .zip(&nll)
+                        .map(|(b, n)| autoencoder::summarize(b, n, cfg.window, opts.top_surprises)),
                 );
             }
             bar.finish_and_clear();
             out.autoencoder = Some(all);
         }
         if need_if {
-            let forest = self.iforest.as_ref().ok_or_else(|| missing("isolation forest"))?;
+            let forest = self
+                .iforest
+                .as_ref()
+                .ok_or_else(|| missing("isolation forest"))?;
             out.iforest = Some(lines.iter().map(|l| forest.score(l)).collect());
         }
-        let ae: Option<Vec<f64>> = out.autoencoder.as_ref().map(|v| v.iter().map(|s| s.mean_nll as f64).collect());
+        let ae: Option<Vec<f64>> = out
+            .autoencoder
+            .as_ref()
+            .map(|v| v.iter().map(|s| s.mean_nll as f64).collect());
         out.score = match (opts.kind, ae, &out.iforest) {
             (DetectorKind::Autoencoder, Some(a), _) => a,
             (DetectorKind::Iforest, _, Some(f)) => f.clone(),
@@ -304,9 +351,15 @@ pub fn write_scores(path: &Path, lines: &[String], counts: &[u64], scores: &Scor
         Arc::new(StringArray::from_iter_values(lines)),
         Arc::new(UInt64Array::from(counts.to_vec())),
         Arc::new(Float64Array::from(scores.score.clone())),
-        Arc::new(Float32Array::from_iter((0..n).map(|i| ae.map(|a| a[i].window_nll)))),
-        Arc::new(Float32Array::from_iter((0..n).map(|i| ae.map(|a| a[i].mean_nll)))),
-        Arc::new(Float64Array::from_iter((0..n).map(|i| scores.iforest.as_ref().map(|f| f[i])))),
+        Arc::new(Float32Array::from_iter(
+            (0..n).map(|i| ae.map(|a| a[i].window_nll)),
+        )),
+        Arc::new(Float32Array::from_iter(
+            (0..n).map(|i| ae.map(|a| a[i].mean_nll)),
+        )),
+        Arc::new(Float64Array::from_iter(
+            (0..n).map(|i| scores.iforest.as_ref().map(|f| f[i])),
+        )),
         Arc::new(StringArray::from_iter((0..n).map(|i| {
             ae.map(|a| serde_json::to_string(&a[i].surprises).expect("plain data"))
         }))),
@@ -317,7 +370,9 @@ pub fn write_scores(path: &Path, lines: &[String], counts: &[u64], scores: &Scor
 
 /// `longtail train-detector`
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  longtail train-detector --input lines.parquet --config configs/detector.toml --out models/detector")]
+#[command(
+    after_help = "Example:\n  longtail train-detector --input lines.parquet --config configs/detector.toml --out models/detector"
+)]
 pub struct TrainArgs {
     /// Unlabeled lines: Parquet from `longtail ingest` (`cmd`, `count`), or JSONL/CSV/text.
     #[arg(long, short, required = true, num_args = 1..)]
@@ -362,7 +417,11 @@ pub fn train_cli(args: &TrainArgs, globals: &Globals) -> Result<()> {
     }
     config.model.validate()?;
     let (lines, counts) = load_lines(&args.input)?;
-    tracing::info!("training on {} unique lines ({} in the stream)", lines.len(), counts.iter().sum::<u64>());
+    tracing::info!(
+        "training on {} unique lines ({} in the stream)",
+        lines.len(),
+        counts.iter().sum::<u64>()
+    );
     let bundle = train(
         &TrainRequest {
             config: &config,
@@ -390,7 +449,9 @@ pub fn train_cli(args: &TrainArgs, globals: &Globals) -> Result<()> {
 
 /// `longtail score`
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  longtail score --model models/detector --input lines.parquet --out scores.parquet --detector combined")]
+#[command(
+    after_help = "Example:\n  longtail score --model models/detector --input lines.parquet --out scores.parquet --detector combined"
+)]
 pub struct ScoreArgs {
     /// Detector directory from `longtail train-detector`.
     #[arg(long, short)]
@@ -416,7 +477,11 @@ pub fn score_cli(args: &ScoreArgs, globals: &Globals) -> Result<()> {
     let detector = Detector::load(&args.model, globals)?;
     let (lines, counts) = load_lines(&args.input)?;
     let start = std::time::Instant::now();
-    let opts = ScoreOptions { kind: args.detector, batch_tokens: args.batch_tokens, top_surprises: args.top_surprises };
+    let opts = ScoreOptions {
+        kind: args.detector,
+        batch_tokens: args.batch_tokens,
+        top_surprises: args.top_surprises,
+    };
     let scores = detector.score(&lines, &opts)?;
     let secs = start.elapsed().as_secs_f64();
     write_scores(&args.out, &lines, &counts, &scores)?;

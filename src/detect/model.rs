@@ -8,7 +8,9 @@
 //!   the code and the positions. Rare structure does not fit through the code.
 
 use burn::module::Module;
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor};
@@ -28,7 +30,7 @@ pub enum Objective {
 
 /// Architecture and scoring settings; saved as `config.json` beside the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AutoencoderConfig {
     pub objective: Objective,
     pub d_model: usize,
@@ -91,7 +93,9 @@ impl AutoencoderConfig {
         if self.window == 0 || self.n_layers == 0 || self.d_ff == 0 {
             return bad("window, n_layers and d_ff must be positive");
         }
-        if self.objective == Objective::Bottleneck && (self.bottleneck_dim == 0 || self.decoder_layers == 0) {
+        if self.objective == Objective::Bottleneck
+            && (self.bottleneck_dim == 0 || self.decoder_layers == 0)
+        {
             return bad("bottleneck objective needs bottleneck_dim > 0 and decoder_layers > 0");
         }
         Ok(())
@@ -107,14 +111,22 @@ impl AutoencoderConfig {
         let bottleneck = self.objective == Objective::Bottleneck;
         ByteAutoencoder {
             byte_embed: EmbeddingConfig::new(VOCAB, self.d_model)
-                .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(burn::nn::Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device),
             pos_embed: EmbeddingConfig::new(self.max_len, self.d_model)
-                .with_initializer(burn::nn::Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(burn::nn::Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device),
             encoder: layers(self.n_layers),
-            to_code: bottleneck.then(|| LinearConfig::new(self.d_model, self.bottleneck_dim).init(device)),
-            from_code: bottleneck.then(|| LinearConfig::new(self.bottleneck_dim, self.d_model).init(device)),
+            to_code: bottleneck
+                .then(|| LinearConfig::new(self.d_model, self.bottleneck_dim).init(device)),
+            from_code: bottleneck
+                .then(|| LinearConfig::new(self.bottleneck_dim, self.d_model).init(device)),
             decoder: bottleneck.then(|| layers(self.decoder_layers)),
             norm: LayerNormConfig::new(self.d_model).init(device),
             head: LinearConfig::new(self.d_model, 256).init(device),
@@ -148,7 +160,9 @@ impl ByteAutoencoder {
         let mut h = self
             .encoder
             .forward(TransformerEncoderInput::new(x).mask_pad(pad.clone()));
-        if let (Some(to_code), Some(from_code), Some(decoder)) = (&self.to_code, &self.from_code, &self.decoder) {
+        if let (Some(to_code), Some(from_code), Some(decoder)) =
+            (&self.to_code, &self.from_code, &self.decoder)
+        {
             // Mean over real bytes only, so padding does not dilute the code.
             let keep = pad.clone().bool_not().float().reshape([batch, len, 1]);
             let pooled = (h * keep.clone()).sum_dim(1) / keep.sum_dim(1).clamp_min(1.0);
@@ -160,7 +174,12 @@ impl ByteAutoencoder {
     }
 
     /// Negative log-likelihood of each target byte, `[batch, len]` (nats).
-    pub fn byte_nll(&self, inputs: Tensor<2, Int>, pad: Tensor<2, Bool>, targets: Tensor<2, Int>) -> Tensor<2> {
+    pub fn byte_nll(
+        &self,
+        inputs: Tensor<2, Int>,
+        pad: Tensor<2, Bool>,
+        targets: Tensor<2, Int>,
+    ) -> Tensor<2> {
         let [batch, len] = targets.dims();
         let logp = log_softmax(self.forward(inputs, pad), 2);
         logp.gather(2, targets.reshape([batch, len, 1]))
