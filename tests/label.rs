@@ -1062,6 +1062,57 @@ fn cli_exit_codes_for_bad_arguments() {
 }
 
 #[test]
+fn cli_handles_empty_and_null_commands_and_empty_input() {
+    use arrow::array::{RecordBatch, StringArray};
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("truth.jsonl");
+    std::fs::write(&labels, "{\"cmd\": \"ls\", \"label\": \"benign\"}\n").unwrap();
+    let input = dir.path().join("cand.parquet");
+    let cmds = StringArray::from(vec![
+        Some("ls"),
+        None,
+        Some("  "),
+        Some("unknown to the oracle"),
+    ]);
+    let batch = RecordBatch::try_from_iter([("cmd", Arc::new(cmds) as _)]).unwrap();
+    longtail::table::write_parquet(&input, &batch).unwrap();
+    let out = dir.path().join("o.parquet");
+    let run = |input: &Path| {
+        bin()
+            .args(["-q", "label"])
+            .arg(input)
+            .arg("-o")
+            .arg(&out)
+            .arg(format!("--labeler=oracle:{}", labels.display()))
+            .output()
+            .unwrap()
+    };
+    let o = run(&input);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let verdicts: Vec<_> = column(&out, "verdict").into_iter().flatten().collect();
+    assert_eq!(verdicts, ["benign", "error", "error", "error"]);
+    let errors = column(&out, "error");
+    assert!(errors[1].as_deref().unwrap().contains("empty command line"));
+    assert!(
+        errors[3]
+            .as_deref()
+            .unwrap()
+            .contains("no benign/malicious label")
+    );
+    assert_eq!(
+        column(&out, "cmd")[1],
+        None,
+        "the input column is carried as it was"
+    );
+
+    let empty = dir.path().join("empty.parquet");
+    longtail::table::write_parquet(&empty, &batch.slice(0, 0)).unwrap();
+    let o = run(&empty);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(column(&out, "verdict").len(), 0);
+}
+
+#[test]
 fn cli_oracle_with_noise_reports_precision() {
     let dir = tempfile::tempdir().unwrap();
     let labels = dir.path().join("truth.jsonl");

@@ -275,9 +275,12 @@ pub fn run(args: &LabelArgs, globals: &Globals) -> Result<()> {
     let answered = results
         .iter()
         .filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skipped));
-    if answered.count() == 0 && results.iter().any(|r| r.verdict == Verdict::Error) {
+    // Every request failed (not merely empty lines or an unknown oracle label): a dead server.
+    let failed_requests = |r: &&LabelResult| r.verdict == Verdict::Error && r.attempts > 0;
+    if answered.count() == 0 && results.iter().any(|r| failed_requests(&r)) {
         let first = results
             .iter()
+            .filter(failed_requests)
             .find_map(|r| r.error.clone())
             .unwrap_or_default();
         return Err(Error::runtime(format!(
