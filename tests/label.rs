@@ -1290,7 +1290,7 @@ fn injection_filter_rates_on_shared_corpora() {
             }
         }
         let mut top: Vec<_> = reasons.into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         let mut labels: Vec<_> = by_label.into_iter().collect();
         labels.sort();
         for (label, (n, flagged)) in labels {
