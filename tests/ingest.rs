@@ -643,7 +643,7 @@ not json
         ..Default::default()
     };
     let mut got = Vec::new();
-    let stats = ingest::for_each_record(&[j.clone()], &opts, |r| {
+    let stats = ingest::for_each_record(std::slice::from_ref(&j), &opts, |r| {
         got.push(r);
         Ok(())
     })

@@ -82,13 +82,13 @@ impl MinHashConfig {
                 self.shingle_bytes
             )));
         }
-        if let Some(b) = self.bands {
-            if b == 0 || b > self.num_perm {
-                return Err(Error::input(format!(
-                    "LSH bands must be 1..={} (the number of MinHash functions), got {b}",
-                    self.num_perm
-                )));
-            }
+        if let Some(b) = self.bands
+            && (b == 0 || b > self.num_perm)
+        {
+            return Err(Error::input(format!(
+                "LSH bands must be 1..={} (the number of MinHash functions), got {b}",
+                self.num_perm
+            )));
         }
         Ok(())
     }

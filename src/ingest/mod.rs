@@ -168,7 +168,7 @@ impl IngestArgs {
                 csv_delimiter: self.delimiter,
                 progress: true,
             },
-            near_dup: (!self.no_near_dup).then(|| MinHashConfig {
+            near_dup: (!self.no_near_dup).then_some(MinHashConfig {
                 threshold: self.near_dup_threshold,
                 num_perm: self.num_perm,
                 shingle_bytes: self.shingle_bytes,
@@ -231,7 +231,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -626,22 +626,25 @@ impl Reader<'_> {
                 json_escape_invalid(&buf, &mut fixed);
                 &fixed
             };
-            if fast {
-                if let Ok(row) = serde_json::from_slice::<FastRow<'_>>(json) {
-                    if let Some(cmd) = row.cmd {
-                        self.deliver_json(
-                            &cmd,
-                            row.label.as_deref(),
-                            row.platform.as_deref(),
-                            source,
-                            line,
-                            None,
-                            &mut nul_scratch,
-                            f,
-                        )?;
-                        continue;
-                    }
-                }
+            if fast
+                && let Ok(FastRow {
+                    cmd: Some(cmd),
+                    label,
+                    platform,
+                }) = serde_json::from_slice::<FastRow<'_>>(json)
+            {
+                let (label, platform) = (label.as_deref(), platform.as_deref());
+                self.deliver_json(
+                    &cmd,
+                    label,
+                    platform,
+                    source,
+                    line,
+                    None,
+                    &mut nul_scratch,
+                    f,
+                )?;
+                continue;
             }
             // General path: any column name, nested keys, non-string labels, extras, and the
             // precise reason a row is unusable.
