@@ -1,5 +1,5 @@
 //! Tests of `longtail::evaluate` against values computed by hand (and, where noted, by
-//! scikit-learn 1.x during development; the figures are pasted here so the tests need no
+//! scikit-learn 1.9.1 during development; the figures are pasted here so the tests need no
 //! Python).
 
 use longtail::Error;
@@ -281,13 +281,13 @@ fn lcg_data(n: usize, seed: u64) -> (Vec<f64>, Vec<bool>) {
 fn matches_scikit_learn_and_pairwise_delong_on_tied_data() {
     let (s, l) = lcg_data(500, 7);
     assert_eq!(l.iter().filter(|&&x| x).count(), 159);
-    // roc_auc_score and average_precision_score of scikit-learn 1.7 on the same data.
-    assert!((roc_auc(&s, &l).unwrap() - 0.634_316_383_555_580_18).abs() < 1e-12);
+    // roc_auc_score and average_precision_score of scikit-learn 1.9.1 on the same data.
+    assert!((roc_auc(&s, &l).unwrap() - 0.634_316_383_555_580_2).abs() < 1e-12);
     assert!((average_precision(&s, &l).unwrap() - 0.496_511_189_321_014_85).abs() < 1e-12);
     // DeLong's interval from an O(P N) pairwise implementation in numpy.
     let ci = auc_ci_delong(&s, &l, 0.95).unwrap();
-    assert!((ci.lower - 0.583_472_473_382_471_77).abs() < 1e-9, "{ci:?}");
-    assert!((ci.upper - 0.685_160_293_728_688_59).abs() < 1e-9, "{ci:?}");
+    assert!((ci.lower - 0.583_472_473_382_471_8).abs() < 1e-9, "{ci:?}");
+    assert!((ci.upper - 0.685_160_293_728_688_6).abs() < 1e-9, "{ci:?}");
     assert_eq!(ci.method, CiMethod::DeLong);
 }
 
@@ -435,21 +435,28 @@ fn report_compares_models_with_group_breakdown() {
     assert_eq!((rare.count, rare.positives, rare.negatives), (100, 0, 100));
     assert_eq!(rare.roc_auc, None, "a benign-only group has no AUC");
     // At the whole set's TPR 0.9 threshold (everything flagged) all rare lines are FPs; at the
-    // TPR@FPR 1e-2 threshold (989.25) the group has no positives, so no TPR.
+    // FPR 1e-2 threshold (989.25) 10 of the 100 are, the whole budget; no positives, no TPR.
     assert_eq!(rare.fpr_at_tpr[0].target, 0.9);
-    assert_eq!(rare.fpr_at_tpr[0].rate, Some(1.0));
-    assert_eq!(rare.tpr_at_fpr[0].rate, None);
+    assert_eq!(rare.fpr_at_tpr[0].fpr, Some(1.0));
+    assert_eq!(rare.tpr_at_fpr[0].tpr, None);
+    assert_eq!(rare.tpr_at_fpr[0].fpr, Some(0.1));
+    assert_eq!(
+        by_source.rows[0].tpr_at_fpr[0].fpr,
+        Some(0.0),
+        "tldr lines all below 900"
+    );
     let atomic = &by_source.rows[2];
     assert_eq!(
-        atomic.tpr_at_fpr[1].rate,
+        atomic.tpr_at_fpr[1].tpr,
         Some(0.4),
         "8 of 20 at the FPR 1e-3 threshold"
     );
-    assert_eq!(atomic.fpr_at_tpr[0].rate, None);
+    assert_eq!(atomic.fpr_at_tpr[0].fpr, None);
+    assert_eq!(atomic.fpr_at_tpr[0].tpr, Some(1.0));
 
     let perfect = report.model("perfect").unwrap();
     assert_close!(perfect.metrics.roc_auc, 1.0);
-    assert_eq!(perfect.groups[0].rows[1].fpr_at_tpr[0].rate, Some(0.0));
+    assert_eq!(perfect.groups[0].rows[1].fpr_at_tpr[0].fpr, Some(0.0));
 
     // JSON round trip.
     let json = report.to_json().unwrap();
@@ -472,7 +479,7 @@ fn report_compares_models_with_group_breakdown() {
     assert!(md.contains("† not resolvable"), "{md}");
     assert!(md.contains("## By source"), "{md}");
     assert!(
-        md.contains("| runner_images | baseline | 100 (0 / 100) | – |"),
+        md.contains("| runner_images | baseline | 100 (0 / 100) | – | – / 0.1000 | – / 0.0100 | – / 0 | – / 1.0000 | – / 1.0000 |"),
         "{md}"
     );
 }
@@ -659,4 +666,67 @@ fn scikit_learn_cross_check() {
         }
     }
     eprintln!("{} cases, largest difference {worst:e}", cases.len());
+}
+
+/// Writes a realistic-looking report for eyeballing the charts:
+/// `LONGTAIL_EVAL_DEMO_DIR=/tmp/x cargo test --release --test evaluate -- --ignored demo`
+#[test]
+#[ignore = "writes charts to LONGTAIL_EVAL_DEMO_DIR for a human to look at"]
+fn demo_report_for_eyeballing() {
+    let Ok(dir) = std::env::var("LONGTAIL_EVAL_DEMO_DIR") else {
+        panic!("set LONGTAIL_EVAL_DEMO_DIR to an output directory");
+    };
+    // 30k benign, 600 malicious; three models of increasing separation, scores as
+    // probabilities (logistic of a normal shift), a rare-benign group with shifted scores.
+    let mut x = 11u64;
+    let mut uniform = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut normal = || {
+        let (u, v) = (uniform(), uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    };
+    let n = 30_600;
+    let (mut labels, mut source, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let malicious = i % 51 == 0;
+        let rare = !malicious && i % 7 == 0;
+        labels.push(malicious);
+        source.push(
+            if malicious {
+                "atomic_red_team"
+            } else if rare {
+                "runner_images"
+            } else {
+                "tldr"
+            }
+            .to_string(),
+        );
+        base.push((malicious, rare, normal(), normal()));
+    }
+    let mut report = Report::new("demo test set", ReportOptions::default());
+    for (name, shift, rare_shift) in [
+        ("baseline", 2.0, 1.5),
+        ("+ iforest anomalies", 3.0, 0.3),
+        ("+ combined anomalies", 3.6, 0.0),
+    ] {
+        let scores: Vec<f64> = base
+            .iter()
+            .map(|&(m, r, a, b)| {
+                let z = -3.0
+                    + a
+                    + if m { shift + 0.5 * b } else { 0.0 }
+                    + if r { rare_shift } else { 0.0 };
+                1.0 / (1.0 + (-z).exp())
+            })
+            .collect();
+        report
+            .add(name, &scores, &labels, &[("source", &source)])
+            .unwrap();
+    }
+    let files = report.write_all(std::path::Path::new(&dir)).unwrap();
+    eprintln!("{files:?}");
 }

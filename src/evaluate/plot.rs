@@ -18,7 +18,9 @@ const COLORS: [&str; 7] = [
 const DASHES: [&str; 3] = ["", "7 4", "2 3"];
 const FONT: &str = "DejaVu Sans, Verdana, Arial, Helvetica, sans-serif";
 const WIDTH: f64 = 780.0;
+/// Height of a chart without its legend, which goes below so it never hides data.
 const HEIGHT: f64 = 560.0;
+const LEGEND_ROW: f64 = 20.0;
 
 /// One model's ROC curve for [`roc_svg`].
 #[derive(Clone, Debug)]
@@ -139,11 +141,11 @@ struct Svg {
 }
 
 impl Svg {
-    fn new(title: &str) -> Self {
+    fn new(title: &str, height: f64) -> Self {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="{FONT}">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="{FONT}">"#
         );
         let _ = writeln!(out, "<title>{}</title>", escape(title));
         let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
@@ -296,7 +298,19 @@ fn series_style(i: usize) -> String {
 /// ROC curves of several models on one chart, as an SVG document.
 pub fn roc_svg(title: &str, series: &[RocSeries<'_>], scale: FprScale) -> String {
     let frame = Frame::standard();
-    let mut svg = Svg::new(title);
+    let entries: Vec<LegendEntry> = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| LegendEntry {
+            swatch: Swatch::Line(series_style(i)),
+            label: match s.auc {
+                Some(auc) => format!("{} (AUC {auc:.4})", s.name),
+                None => s.name.to_string(),
+            },
+        })
+        .collect();
+    let legend = Legend::layout(entries, frame);
+    let mut svg = Svg::new(title, HEIGHT + legend.height());
     // The smallest FPR any series can show sets the left edge of a log axis.
     let min_fpr = series
         .iter()
@@ -445,46 +459,100 @@ pub fn roc_svg(title: &str, series: &[RocSeries<'_>], scale: FprScale) -> String
             "start",
             11.0,
             r##"fill="#555555""##,
+            // The raised exponent shifts what follows it, so it ends the line.
             &format!(
-                "FPR 0 (no false positive) is drawn at the left edge, {}; dashed grey: chance",
+                "Dashed grey: chance. FPR 0 (no false positive) is drawn at the left edge, {}",
                 power_of_ten_label(low_exp)
             ),
         );
     }
 
-    legend(&mut svg, frame, series);
+    legend.draw(&mut svg, HEIGHT);
     svg.finish()
 }
 
-/// Legend in the plot's lower right corner (empty on ROC charts: high FPR, low TPR).
-fn legend(svg: &mut Svg, frame: Frame, series: &[RocSeries<'_>]) {
-    if series.is_empty() {
-        return;
+/// How a legend entry is drawn: a line (ROC series) or a filled box (histogram class).
+enum Swatch {
+    Line(String),
+    Box(String),
+}
+
+struct LegendEntry {
+    swatch: Swatch,
+    label: String,
+}
+
+/// A legend laid out in columns below the chart.
+struct Legend {
+    entries: Vec<LegendEntry>,
+    frame: Frame,
+    columns: usize,
+    column_width: f64,
+}
+
+impl Legend {
+    fn layout(entries: Vec<LegendEntry>, frame: Frame) -> Self {
+        // Width from a generous average glyph width of DejaVu Sans at 13 px.
+        let longest = entries
+            .iter()
+            .map(|e| e.label.chars().count())
+            .max()
+            .unwrap_or(0);
+        let column_width = longest as f64 * 7.6 + 56.0;
+        let columns =
+            ((frame.width() / column_width).floor() as usize).clamp(1, entries.len().max(1));
+        Legend {
+            entries,
+            frame,
+            columns,
+            column_width,
+        }
     }
-    let entries: Vec<String> = series
-        .iter()
-        .map(|s| match s.auc {
-            Some(auc) => format!("{} (AUC {auc:.4})", s.name),
-            None => s.name.to_string(),
-        })
-        .collect();
-    // Width from a generous average glyph width at 13 px.
-    let longest = entries.iter().map(|e| e.chars().count()).max().unwrap_or(0);
-    let (row, pad) = (20.0, 10.0);
-    let w = (longest as f64 * 7.4 + 46.0 + 2.0 * pad).min(frame.width() - 20.0);
-    let h = entries.len() as f64 * row + 2.0 * pad - 4.0;
-    let (x, y) = (frame.right - w - 10.0, frame.bottom - h - 10.0);
-    svg.rect(
-        x,
-        y,
-        w,
-        h,
-        r##"fill="white" fill-opacity="0.92" stroke="#888888" rx="4""##,
-    );
-    for (i, entry) in entries.iter().enumerate() {
-        let yy = y + pad + row * i as f64 + 8.0;
-        svg.line(x + pad, yy, x + pad + 30.0, yy, &series_style(i));
-        svg.text(x + pad + 38.0, yy + 4.5, "start", 13.0, "", entry);
+
+    fn rows(&self) -> usize {
+        self.entries.len().div_ceil(self.columns)
+    }
+
+    /// Image height the legend adds.
+    fn height(&self) -> f64 {
+        if self.entries.is_empty() {
+            0.0
+        } else {
+            self.rows() as f64 * LEGEND_ROW + 14.0
+        }
+    }
+
+    fn draw(&self, svg: &mut Svg, top: f64) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let width = (self.columns as f64 * self.column_width).min(self.frame.width());
+        let left = self.frame.left + (self.frame.width() - width) / 2.0;
+        let rows = self.rows();
+        svg.rect(
+            left - 8.0,
+            top - 2.0,
+            width + 8.0,
+            rows as f64 * LEGEND_ROW + 6.0,
+            r##"fill="none" stroke="#bbbbbb" rx="4""##,
+        );
+        for (i, e) in self.entries.iter().enumerate() {
+            // Column-major, so the entries read top to bottom like a list.
+            let (col, row) = (i / rows, i % rows);
+            let x = left + col as f64 * self.column_width;
+            let y = top + row as f64 * LEGEND_ROW + 14.0;
+            match &e.swatch {
+                Swatch::Line(style) => svg.line(x, y - 4.5, x + 32.0, y - 4.5, style),
+                Swatch::Box(color) => svg.rect(
+                    x + 4.0,
+                    y - 10.5,
+                    24.0,
+                    12.0,
+                    &format!(r#"fill="{color}" fill-opacity="0.35" stroke="{color}""#),
+                ),
+            }
+            svg.text(x + 40.0, y, "start", 13.0, "", &e.label);
+        }
     }
 }
 
@@ -493,10 +561,24 @@ fn legend(svg: &mut Svg, frame: Frame, series: &[RocSeries<'_>]) {
 /// live stay visible next to the bulk.
 pub fn histogram_svg(title: &str, hist: &Histogram, markers: &[Marker]) -> String {
     let frame = Frame::standard();
-    let mut svg = Svg::new(title);
     let bins = hist.bins();
     let total = |v: &[u64]| v.iter().sum::<u64>();
     let (n_pos, n_neg) = (total(&hist.positives), total(&hist.negatives));
+    let (benign, malicious) = ("#0072B2", "#D55E00");
+    let legend = Legend::layout(
+        vec![
+            LegendEntry {
+                swatch: Swatch::Box(benign.into()),
+                label: format!("benign (n = {n_neg})"),
+            },
+            LegendEntry {
+                swatch: Swatch::Box(malicious.into()),
+                label: format!("malicious (n = {n_pos})"),
+            },
+        ],
+        frame,
+    );
+    let mut svg = Svg::new(title, HEIGHT + legend.height());
     let frac = |counts: &[u64], n: u64| -> Vec<f64> {
         counts
             .iter()
@@ -552,11 +634,7 @@ pub fn histogram_svg(title: &str, hist: &Histogram, markers: &[Marker]) -> Strin
 
     // Each class as a filled step outline down to the axis floor.
     let width = (hist.hi - hist.lo) / bins as f64;
-    let classes = [
-        (&f_neg, "#0072B2", format!("benign (n = {n_neg})")),
-        (&f_pos, "#D55E00", format!("malicious (n = {n_pos})")),
-    ];
-    for (fracs, color, _) in &classes {
+    for (fracs, color) in [(&f_neg, benign), (&f_pos, malicious)] {
         let mut pts = vec![(x_of(hist.lo), frame.bottom)];
         for (b, &f) in fracs.iter().enumerate() {
             let y = y_of(f);
@@ -571,12 +649,20 @@ pub fn histogram_svg(title: &str, hist: &Histogram, markers: &[Marker]) -> Strin
         svg.polyline(&pts, &format!(r#"stroke="{color}" stroke-width="1.8""#));
     }
 
-    // Threshold markers, labels staggered so neighbours do not overlap.
-    for (i, m) in markers.iter().enumerate() {
-        if !(hist.lo..=hist.hi).contains(&m.score) {
-            continue;
+    // Threshold markers; markers at the same score share one line and one label. Labels run
+    // up along their line (rotated), so neighbouring thresholds do not collide.
+    let mut merged: Vec<(f64, Vec<&str>)> = Vec::new();
+    for m in markers
+        .iter()
+        .filter(|m| (hist.lo..=hist.hi).contains(&m.score))
+    {
+        match merged.iter_mut().find(|(s, _)| *s == m.score) {
+            Some((_, labels)) => labels.push(&m.label),
+            None => merged.push((m.score, vec![&m.label])),
         }
-        let x = x_of(m.score);
+    }
+    for (score, labels) in &merged {
+        let x = x_of(*score);
         svg.line(
             x,
             frame.top,
@@ -584,13 +670,15 @@ pub fn histogram_svg(title: &str, hist: &Histogram, markers: &[Marker]) -> Strin
             frame.bottom,
             r##"stroke="#333333" stroke-width="1.2" stroke-dasharray="4 3""##,
         );
-        let y = frame.top + 14.0 + 15.0 * (i % 4) as f64;
-        let (anchor, dx) = if x > frame.left + frame.width() * 0.7 {
-            ("end", -4.0)
-        } else {
-            ("start", 4.0)
-        };
-        svg.text(x + dx, y, anchor, 12.0, r##"fill="#333333""##, &m.label);
+        let (tx, ty) = (x - 4.0, frame.top + 6.0);
+        svg.text(
+            tx,
+            ty,
+            "end",
+            12.0,
+            &format!(r##"fill="#333333" transform="rotate(-90 {tx:.2} {ty:.2})""##),
+            &labels.join(", "),
+        );
     }
 
     svg.rect(
@@ -626,30 +714,7 @@ pub fn histogram_svg(title: &str, hist: &Histogram, markers: &[Marker]) -> Strin
         "Fraction of the class (log scale)",
     );
 
-    // Legend top centre: scores of both classes tend to crowd the edges.
-    let (lw, lh) = (200.0, 50.0);
-    let (lx, ly) = (
-        frame.left + frame.width() / 2.0 - lw / 2.0,
-        frame.top + 10.0,
-    );
-    svg.rect(
-        lx,
-        ly,
-        lw,
-        lh,
-        r##"fill="white" fill-opacity="0.92" stroke="#888888" rx="4""##,
-    );
-    for (i, (_, color, label)) in classes.iter().enumerate() {
-        let y = ly + 10.0 + 20.0 * i as f64;
-        svg.rect(
-            lx + 10.0,
-            y,
-            22.0,
-            11.0,
-            &format!(r#"fill="{color}" fill-opacity="0.35" stroke="{color}""#),
-        );
-        svg.text(lx + 40.0, y + 10.0, "start", 13.0, "", label);
-    }
+    legend.draw(&mut svg, HEIGHT);
     svg.finish()
 }
 

@@ -40,15 +40,17 @@ impl Default for ReportOptions {
     }
 }
 
-/// A group's rate at a threshold chosen on the whole test set.
+/// A group's rates at a threshold chosen on the whole test set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupRate {
     /// The whole set's target: an FPR for `tpr_at_fpr`, a TPR for `fpr_at_tpr`.
     pub target: f64,
     /// The whole set's threshold for that target.
     pub threshold: f64,
-    /// The group's own rate there; `None` when the group lacks the class it needs.
-    pub rate: Option<f64>,
+    /// The group's TPR there; `None` when the group has no positive line.
+    pub tpr: Option<f64>,
+    /// The group's FPR there; `None` when the group has no negative line.
+    pub fpr: Option<f64>,
 }
 
 /// Metrics of one value of a group column (e.g. `source = runner_images`).
@@ -61,9 +63,10 @@ pub struct GroupRow {
     /// `None` when the group holds a single class.
     pub roc_auc: Option<f64>,
     pub pr_auc: Option<f64>,
-    /// The group's TPR at each whole-set "TPR at FPR" threshold.
+    /// The group's rates at each whole-set "TPR at FPR" threshold: e.g. how much of the FPR
+    /// budget a benign group spends.
     pub tpr_at_fpr: Vec<GroupRate>,
-    /// The group's FPR at each whole-set "FPR at TPR" threshold: e.g. the FPR on rare benign
+    /// The group's rates at each whole-set "FPR at TPR" threshold: e.g. the FPR on rare benign
     /// lines when the model catches 90 % of all malicious lines.
     pub fpr_at_tpr: Vec<GroupRate>,
 }
@@ -308,8 +311,9 @@ impl Report {
             let _ = writeln!(md, "## By {column}\n");
             let _ = writeln!(
                 md,
-                "Rates at the thresholds chosen on the whole test set (so a group's FPR is what \
-                 it would suffer in deployment at that operating point).\n"
+                "The group's TPR / FPR at the thresholds chosen on the whole test set (so a \
+                 group's FPR is what it would suffer in deployment at that operating point); \
+                 – where the group lacks the class.\n"
             );
             let mut header = vec![
                 escape_cell(column),
@@ -320,12 +324,12 @@ impl Report {
             header.extend(
                 opts.fpr_targets
                     .iter()
-                    .map(|t| format!("TPR at FPR {} thr.", fmt_target(*t))),
+                    .map(|t| format!("at FPR {} thr.", fmt_target(*t))),
             );
             header.extend(
                 opts.tpr_targets
                     .iter()
-                    .map(|t| format!("FPR at TPR {t:.2} thr.")),
+                    .map(|t| format!("at TPR {t:.2} thr.")),
             );
             table_header(&mut md, &header);
             // Group values in the order of the first model that has them (largest first).
@@ -352,12 +356,10 @@ impl Report {
                         format!("{} ({} / {})", r.count, r.positives, r.negatives),
                         r.roc_auc.map_or("–".into(), |a| format!("{a:.4}")),
                     ];
-                    row.extend(
-                        r.tpr_at_fpr
-                            .iter()
-                            .chain(&r.fpr_at_tpr)
-                            .map(|g| g.rate.map_or("–".into(), fmt_rate)),
-                    );
+                    row.extend(r.tpr_at_fpr.iter().chain(&r.fpr_at_tpr).map(|g| {
+                        let cell = |r: Option<f64>| r.map_or("–".into(), fmt_rate);
+                        format!("{} / {}", cell(g.tpr), cell(g.fpr))
+                    }));
                     table_row(&mut md, &row);
                 }
             }
@@ -467,12 +469,13 @@ fn group_rows(
         let curve = (positives > 0 && negatives > 0)
             .then(|| RocCurve::new(&s, &l))
             .transpose()?;
-        let at = |target: f64, threshold: f64, tpr: bool| -> Result<GroupRate> {
+        let at = |target: f64, threshold: f64| -> Result<GroupRate> {
             let c = metrics::confusion_at(&s, &l, threshold)?;
             Ok(GroupRate {
                 target,
                 threshold,
-                rate: if tpr { c.tpr() } else { c.fpr() },
+                tpr: c.tpr(),
+                fpr: c.fpr(),
             })
         };
         rows.push(GroupRow {
@@ -485,12 +488,12 @@ fn group_rows(
             tpr_at_fpr: whole
                 .tpr_at_fpr
                 .iter()
-                .map(|a| at(a.target, a.point.threshold, true))
+                .map(|a| at(a.target, a.point.threshold))
                 .collect::<Result<_>>()?,
             fpr_at_tpr: whole
                 .fpr_at_tpr
                 .iter()
-                .map(|a| at(a.target, a.point.threshold, false))
+                .map(|a| at(a.target, a.point.threshold))
                 .collect::<Result<_>>()?,
         });
     }
