@@ -33,7 +33,10 @@ enum Kind {
 
 fn read(dir: &str, file: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let opts = ReadOptions { progress: false, ..Default::default() };
+    let opts = ReadOptions {
+        progress: false,
+        ..Default::default()
+    };
     for_each_record_ref(&[format!("{dir}/{file}")], &opts, |r| {
         out.push(r.cmd.to_string());
         Ok(())
@@ -43,12 +46,18 @@ fn read(dir: &str, file: &str) -> Vec<String> {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).filter(|a| !a.starts_with("--")).cloned().unwrap_or("../shared/data/cmdlines".into());
+    let dir = args
+        .get(1)
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or("../shared/data/cmdlines".into());
     let device = match arg(&args, "--device").as_deref() {
         Some("wgpu") => DeviceChoice::Wgpu,
         Some("wgpu-cpu") => DeviceChoice::WgpuCpu,
@@ -60,7 +69,10 @@ fn main() {
     let seed = 13;
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let mut common: Vec<String> = read(&dir, "tldr.jsonl").into_iter().chain(read(&dir, "nl2bash.jsonl")).collect();
+    let mut common: Vec<String> = read(&dir, "tldr.jsonl")
+        .into_iter()
+        .chain(read(&dir, "nl2bash.jsonl"))
+        .collect();
     common.shuffle(&mut rng);
     common.truncate(n_common);
     let rare: Vec<String> = read(&dir, "runner_images.jsonl")
@@ -77,7 +89,11 @@ fn main() {
     // One entry per unique text; a text in two groups keeps the first (common < rare < malicious
     // would hide attacks behind documentation, so malicious wins ties).
     let mut kind_of: HashMap<String, Kind> = HashMap::new();
-    for (group, kind) in [(&common, Kind::Common), (&rare, Kind::Rare), (&malicious, Kind::Malicious)] {
+    for (group, kind) in [
+        (&common, Kind::Common),
+        (&rare, Kind::Rare),
+        (&malicious, Kind::Malicious),
+    ] {
         for l in group.iter() {
             kind_of.insert(l.clone(), kind);
         }
@@ -107,10 +123,14 @@ fn main() {
 
     let globals = Globals { device, seed };
     let malicious_vs_benign: Vec<bool> = kinds.iter().map(|&k| k == Kind::Malicious).collect();
-    let rare_idx: Vec<usize> = (0..lines.len()).filter(|&i| kinds[i] != Kind::Malicious).collect();
+    let rare_idx: Vec<usize> = (0..lines.len())
+        .filter(|&i| kinds[i] != Kind::Malicious)
+        .collect();
     let rare_vs_common: Vec<bool> = rare_idx.iter().map(|&i| kinds[i] == Kind::Rare).collect();
 
-    println!("| detector | objective | train s | score lines/s | AUC mal vs benign | AUC rare vs common | top-100 rare / mal | top-500 rare / mal |");
+    println!(
+        "| detector | objective | train s | score lines/s | AUC mal vs benign | AUC rare vs common | top-100 rare / mal | top-500 rare / mal |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let mut ae_scores: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut if_scores = None;
@@ -137,31 +157,100 @@ fn main() {
         let train_secs = t.elapsed().as_secs_f64();
         let det = detect::Detector::load(out.path(), &globals).unwrap();
         let t = Instant::now();
-        let kind = if if_scores.is_none() { DetectorKind::Combined } else { DetectorKind::Autoencoder };
-        let s = det.score(&lines, &ScoreOptions { kind, batch_tokens: 16_384, top_surprises: 1 }).unwrap();
+        let kind = if if_scores.is_none() {
+            DetectorKind::Combined
+        } else {
+            DetectorKind::Autoencoder
+        };
+        let s = det
+            .score(
+                &lines,
+                &ScoreOptions {
+                    kind,
+                    batch_tokens: 16_384,
+                    top_surprises: 1,
+                },
+            )
+            .unwrap();
         let rate = lines.len() as f64 / t.elapsed().as_secs_f64();
         let name = match objective {
             Objective::Masked => "masked",
             Objective::Bottleneck => "bottleneck",
         };
-        let ae: Vec<f64> = s.autoencoder.as_ref().unwrap().iter().map(|x| x.mean_nll as f64).collect();
-        let win: Vec<f64> = s.autoencoder.as_ref().unwrap().iter().map(|x| x.window_nll as f64).collect();
+        let ae: Vec<f64> = s
+            .autoencoder
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|x| x.mean_nll as f64)
+            .collect();
+        let win: Vec<f64> = s
+            .autoencoder
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|x| x.window_nll as f64)
+            .collect();
         if let Some(f) = s.iforest.clone() {
             if_scores = Some(f);
         }
-        report("autoencoder (mean)", name, train_secs, rate, &ae, &lines, &kinds, &malicious_vs_benign, &rare_idx, &rare_vs_common);
-        report("autoencoder (window)", name, train_secs, rate, &win, &lines, &kinds, &malicious_vs_benign, &rare_idx, &rare_vs_common);
+        report(
+            "autoencoder (mean)",
+            name,
+            train_secs,
+            rate,
+            &ae,
+            &lines,
+            &kinds,
+            &malicious_vs_benign,
+            &rare_idx,
+            &rare_vs_common,
+        );
+        report(
+            "autoencoder (window)",
+            name,
+            train_secs,
+            rate,
+            &win,
+            &lines,
+            &kinds,
+            &malicious_vs_benign,
+            &rare_idx,
+            &rare_vs_common,
+        );
         let f = if_scores.as_ref().unwrap();
         let fused: Vec<f64> = detect::normalized_ranks(&ae)
             .iter()
             .zip(detect::normalized_ranks(f))
             .map(|(a, b)| (a + b) / 2.0)
             .collect();
-        report("combined", name, train_secs, rate, &fused, &lines, &kinds, &malicious_vs_benign, &rare_idx, &rare_vs_common);
+        report(
+            "combined",
+            name,
+            train_secs,
+            rate,
+            &fused,
+            &lines,
+            &kinds,
+            &malicious_vs_benign,
+            &rare_idx,
+            &rare_vs_common,
+        );
         ae_scores.insert(name, ae);
     }
     let f = if_scores.unwrap();
-    report("iforest", "-", f64::NAN, f64::NAN, &f, &lines, &kinds, &malicious_vs_benign, &rare_idx, &rare_vs_common);
+    report(
+        "iforest",
+        "-",
+        f64::NAN,
+        f64::NAN,
+        &f,
+        &lines,
+        &kinds,
+        &malicious_vs_benign,
+        &rare_idx,
+        &rare_vs_common,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -183,8 +272,13 @@ fn report(
     let top = |k: usize| {
         let chosen = longtail::select::select_top(lines, scores, k, 0.8, 1).unwrap();
         let n = chosen.len() as f64;
-        let share = |kind: Kind| chosen.iter().filter(|&&(i, _)| kinds[i] == kind).count() as f64 / n;
-        format!("{:.0}% / {:.0}%", 100.0 * share(Kind::Rare), 100.0 * share(Kind::Malicious))
+        let share =
+            |kind: Kind| chosen.iter().filter(|&&(i, _)| kinds[i] == kind).count() as f64 / n;
+        format!(
+            "{:.0}% / {:.0}%",
+            100.0 * share(Kind::Rare),
+            100.0 * share(Kind::Malicious)
+        )
     };
     println!(
         "| {name} | {objective} | {train_secs:.0} | {rate:.0} | {auc_mal:.3} | {auc_rare:.3} | {} | {} |",

@@ -31,12 +31,17 @@ pub struct ChosenDevice {
 pub fn wgpu_adapters() -> Vec<(String, String, String)> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::default();
-    let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let adapters =
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     adapters
         .into_iter()
         .map(|a| {
             let info = a.get_info();
-            (info.name, format!("{:?}", info.device_type), format!("{:?}", info.backend))
+            (
+                info.name,
+                format!("{:?}", info.device_type),
+                format!("{:?}", info.backend),
+            )
         })
         .collect()
 }
@@ -51,7 +56,10 @@ fn has_real_gpu() -> Option<String> {
 pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
     let (device, name) = match choice {
         DeviceChoice::Flex => (Device::flex(), "flex (CPU)".to_string()),
-        DeviceChoice::Wgpu => (Device::wgpu(DeviceKind::DefaultDevice), "wgpu (default adapter)".into()),
+        DeviceChoice::Wgpu => (
+            Device::wgpu(DeviceKind::DefaultDevice),
+            "wgpu (default adapter)".into(),
+        ),
         DeviceChoice::WgpuCpu => {
             if wgpu_adapters().iter().all(|(_, kind, _)| kind != "Cpu") {
                 return Err(Error::input(
@@ -59,13 +67,23 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
                      `apt-get install mesa-vulkan-drivers` (scripts/setup.sh does this)",
                 ));
             }
-            (Device::wgpu(DeviceKind::Cpu), "wgpu on the CPU (lavapipe)".into())
+            (
+                Device::wgpu(DeviceKind::Cpu),
+                "wgpu on the CPU (lavapipe)".into(),
+            )
         }
         DeviceChoice::Auto => match has_real_gpu() {
-            Some(gpu) => (Device::wgpu(DeviceKind::DefaultDevice), format!("wgpu: {gpu}")),
+            Some(gpu) => (
+                Device::wgpu(DeviceKind::DefaultDevice),
+                format!("wgpu: {gpu}"),
+            ),
             None => (Device::flex(), "flex (CPU; no GPU adapter found)".into()),
         },
     };
     tracing::info!("device: {name}");
-    Ok(ChosenDevice { device, name, choice })
+    Ok(ChosenDevice {
+        device,
+        name,
+        choice,
+    })
 }

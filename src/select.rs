@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:\n  longtail select --input scores.parquet --top-k 500 --out candidates.parquet")]
+#[command(
+    after_help = "Example:\n  longtail select --input scores.parquet --top-k 500 --out candidates.parquet"
+)]
 pub struct SelectArgs {
     /// Scored lines from `longtail score` (needs `cmd` and `score`; other columns are kept).
     #[arg(long, short)]
@@ -37,14 +39,24 @@ pub struct SelectArgs {
 
 /// Indices of the chosen rows, best first, with the size of each one's near-duplicate
 /// cluster among the rows examined. `cmds` must be unique.
-pub fn select_top(cmds: &[String], scores: &[f64], k: usize, threshold: f64, seed: u64) -> Result<Vec<(usize, u32)>> {
+pub fn select_top(
+    cmds: &[String],
+    scores: &[f64],
+    k: usize,
+    threshold: f64,
+    seed: u64,
+) -> Result<Vec<(usize, u32)>> {
     let mut order: Vec<usize> = (0..cmds.len()).filter(|&i| scores[i].is_finite()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     // Cluster a pool a few times larger than k; grow it until k representatives are found.
     let mut pool = (4 * k).max(64).min(order.len());
     loop {
         let texts: Vec<&str> = order[..pool].iter().map(|&i| cmds[i].as_str()).collect();
-        let cfg = MinHashConfig { threshold, seed, ..Default::default() };
+        let cfg = MinHashConfig {
+            threshold,
+            seed,
+            ..Default::default()
+        };
         let clusters = near_duplicate_clusters(&texts, &cfg)?;
         let mut size: HashMap<u32, u32> = HashMap::new();
         for &c in &clusters {
@@ -66,7 +78,10 @@ pub fn select_top(cmds: &[String], scores: &[f64], k: usize, threshold: f64, see
 pub fn run(args: &SelectArgs, globals: &Globals) -> Result<()> {
     let batches = table::read_parquet(&args.input)?;
     let Some(first) = batches.first() else {
-        return Err(Error::input(format!("{} has no rows", args.input.display())));
+        return Err(Error::input(format!(
+            "{} has no rows",
+            args.input.display()
+        )));
     };
     let all = concat_batches(&first.schema(), &batches).runtime_ctx(|| "joining input batches")?;
     let cmds: Vec<String> = table::strings(&all, "cmd", &args.input)?
@@ -86,22 +101,48 @@ pub fn run(args: &SelectArgs, globals: &Globals) -> Result<()> {
     keep.sort_unstable();
     let k = match (args.top_k, args.top_fraction) {
         (Some(k), _) => k,
-        (None, Some(f)) if (0.0..=1.0).contains(&f) => ((f * keep.len() as f64).ceil() as usize).max(1),
-        (None, Some(f)) => return Err(Error::input(format!("--top-fraction {f} must be within [0, 1]"))),
-        (None, None) => return Err(Error::input("say how many candidates to keep: --top-k N or --top-fraction F")),
+        (None, Some(f)) if (0.0..=1.0).contains(&f) => {
+            ((f * keep.len() as f64).ceil() as usize).max(1)
+        }
+        (None, Some(f)) => {
+            return Err(Error::input(format!(
+                "--top-fraction {f} must be within [0, 1]"
+            )));
+        }
+        (None, None) => {
+            return Err(Error::input(
+                "say how many candidates to keep: --top-k N or --top-fraction F",
+            ));
+        }
     };
     let unique_cmds: Vec<String> = keep.iter().map(|&i| cmds[i].clone()).collect();
     let unique_scores: Vec<f64> = keep.iter().map(|&i| scores[i]).collect();
-    let chosen = select_top(&unique_cmds, &unique_scores, k, args.near_dup_threshold, globals.seed)?;
+    let chosen = select_top(
+        &unique_cmds,
+        &unique_scores,
+        k,
+        args.near_dup_threshold,
+        globals.seed,
+    )?;
     let rows = UInt64Array::from_iter_values(chosen.iter().map(|&(j, _)| keep[j] as u64));
     let picked = take_record_batch(&all, &rows).runtime_ctx(|| "selecting rows")?;
-    let mut fields: Vec<Field> = picked.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = picked
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("rank", DataType::UInt32, false));
     fields.push(Field::new("cluster_size", DataType::UInt32, false));
     let mut columns: Vec<ArrayRef> = picked.columns().to_vec();
-    columns.push(Arc::new(UInt32Array::from_iter_values(1..=chosen.len() as u32)));
-    columns.push(Arc::new(UInt32Array::from_iter_values(chosen.iter().map(|&(_, s)| s))));
-    let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).runtime_ctx(|| "building candidates")?;
+    columns.push(Arc::new(UInt32Array::from_iter_values(
+        1..=chosen.len() as u32,
+    )));
+    columns.push(Arc::new(UInt32Array::from_iter_values(
+        chosen.iter().map(|&(_, s)| s),
+    )));
+    let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .runtime_ctx(|| "building candidates")?;
     let n = table::write_parquet(&args.out, &out)?;
     eprintln!(
         "selected {n} candidates from {} unique lines ({} rows) -> {}",

@@ -51,8 +51,13 @@ fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
     tmp.as_file()
         .sync_all()
         .runtime_ctx(|| format!("syncing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| Error::runtime(format!("cannot move output into {}: {}", path.display(), e.error)))?;
+    tmp.persist(path).map_err(|e| {
+        Error::runtime(format!(
+            "cannot move output into {}: {}",
+            path.display(),
+            e.error
+        ))
+    })?;
     Ok(())
 }
 
@@ -67,11 +72,17 @@ impl ParquetSink {
     pub fn create(path: &Path, schema: SchemaRef) -> Result<Self> {
         let tmp = temp_beside(path)?;
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
             .build();
         let writer = ArrowWriter::try_new(tmp, schema, Some(props))
             .runtime_ctx(|| format!("cannot start Parquet file {}", path.display()))?;
-        Ok(Self { writer, path: path.to_path_buf(), rows: 0 })
+        Ok(Self {
+            writer,
+            path: path.to_path_buf(),
+            rows: 0,
+        })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -132,7 +143,12 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| {
-        let have: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let have: Vec<_> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         Error::input(format!(
             "{} has no column `{name}` (columns: {}); pass the right file or column name",
             path.display(),
@@ -145,9 +161,21 @@ fn column<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a Arr
 pub fn strings(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Option<String>>> {
     let col = column(batch, name, path)?;
     let out = match col.data_type() {
-        DataType::Utf8 => col.as_string::<i32>().iter().map(|s| s.map(str::to_owned)).collect(),
-        DataType::LargeUtf8 => col.as_string::<i64>().iter().map(|s| s.map(str::to_owned)).collect(),
-        DataType::Utf8View => col.as_string_view().iter().map(|s| s.map(str::to_owned)).collect(),
+        DataType::Utf8 => col
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect(),
+        DataType::LargeUtf8 => col
+            .as_string::<i64>()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect(),
+        DataType::Utf8View => col
+            .as_string_view()
+            .iter()
+            .map(|s| s.map(str::to_owned))
+            .collect(),
         other => {
             return Err(Error::input(format!(
                 "column `{name}` of {} is {other}, expected a string column",
@@ -189,5 +217,7 @@ pub fn numbers(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<f64>>
 
 /// Whether a batch has a column of this name.
 pub fn has_column(batch: &RecordBatch, name: &str) -> bool {
-    batch.column_by_name(name).is_some_and(|c| c.len() == batch.num_rows())
+    batch
+        .column_by_name(name)
+        .is_some_and(|c| c.len() == batch.num_rows())
 }

@@ -2,6 +2,7 @@
 //! ranking, save/load, resume after a kill, and the wgpu code path on the CPU (lavapipe).
 
 use longtail::Globals;
+use longtail::detect::model::Objective;
 use longtail::detect::{self, DetectorConfig, DetectorKind, ScoreOptions, TrainRequest};
 use longtail::device::DeviceChoice;
 use longtail::evaluate::metrics::roc_auc;
@@ -91,11 +92,20 @@ fn opts(kind: DetectorKind) -> ScoreOptions {
 
 #[test]
 fn flex_detector_ranks_attacks_above_unseen_benign_lines_and_round_trips() {
+    for objective in [Objective::Bottleneck, Objective::Masked] {
+        check_objective(objective);
+    }
+}
+
+fn check_objective(objective: Objective) {
+    eprintln!("objective {objective:?}");
     let benign = sample("nl2bash.jsonl");
     let attacks = sample("atomic_red_team.jsonl");
     let (train, held_out) = benign.split_at(2600);
     let dir = tempfile::tempdir().unwrap();
-    let bundle = train_into(dir.path(), train, &tiny_config(2), DeviceChoice::Flex);
+    let mut cfg = tiny_config(2);
+    cfg.model.objective = objective;
+    let bundle = train_into(dir.path(), train, &cfg, DeviceChoice::Flex);
     let state = bundle.training.unwrap();
     assert_eq!(state.epochs_done, 2);
     assert!(
@@ -156,14 +166,17 @@ fn flex_detector_ranks_attacks_above_unseen_benign_lines_and_round_trips() {
 
 #[test]
 fn long_lines_are_chunked_and_the_odd_fragment_is_found() {
+    for objective in [Objective::Bottleneck, Objective::Masked] {
+        check_odd_fragment(objective);
+    }
+}
+
+fn check_odd_fragment(objective: Objective) {
     let benign = sample("nl2bash.jsonl");
     let dir = tempfile::tempdir().unwrap();
-    train_into(
-        dir.path(),
-        &benign[..1500],
-        &tiny_config(2),
-        DeviceChoice::Flex,
-    );
+    let mut cfg = tiny_config(2);
+    cfg.model.objective = objective;
+    train_into(dir.path(), &benign[..1500], &cfg, DeviceChoice::Flex);
     let detector = detect::Detector::load(dir.path(), &globals(DeviceChoice::Flex)).unwrap();
     // A long ordinary line with a burst of random base64 in the middle, well past one context.
     let prefix = "find . -name '*.txt' -type f -exec grep -l hello {} \\; ".repeat(3);
@@ -177,7 +190,7 @@ fn long_lines_are_chunked_and_the_odd_fragment_is_found() {
     let worst = &s.surprises[0];
     assert!(
         worst.offset + worst.len > prefix.len() && worst.offset < prefix.len() + odd.len(),
-        "worst window {worst:?} is outside the odd fragment at {}..{}",
+        "{objective:?}: worst window {worst:?} is outside the odd fragment at {}..{}",
         prefix.len(),
         prefix.len() + odd.len()
     );
