@@ -15,7 +15,10 @@
 #                        LP_NUM_THREADS for lavapipe, torch.set_num_threads for PyTorch)
 #     CONFIG=configs/detector.toml
 #     STEP_TIMEOUT=3600  seconds allowed to each training or scoring step
+#     WGPU_CPU_LINES=2000  lavapipe trains and scores only the first WGPU_CPU_LINES lines of
+#                        the input (it runs at ~10 lines/s on 2 cores; same length mix)
 #     SKIP_WGPU_CPU=1    skip the lavapipe rows;  SKIP_TORCH=1 skip the PyTorch row
+#     ONE_THREAD=1       add flex and PyTorch rows on 1 thread (scaling; shared machines)
 #     EXTRA_FLEX_CONFIGS="name=path.toml ..."  more flex rows with other configs (tuning)
 #
 # Timing definitions (identical on both sides): training lines/s = lines drawn in the epoch /
@@ -51,6 +54,8 @@ fi
 echo "building longtail (release, $CARGO_TARGET_DIR)" >&2
 (cd "$ROOT" && cargo build --release --quiet --bin longtail)
 LONGTAIL="$CARGO_TARGET_DIR/release/longtail"
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + uncommitted changes in src/')"
+MODEL_CFG="$(python3 -c 'import tomllib,sys; m=tomllib.load(open(sys.argv[1],"rb")).get("model",{}); print(m.get("objective","masked"))' "$CONFIG" 2>/dev/null || echo '?')"
 
 # --- input --------------------------------------------------------------------------------
 INPUT="$WORK/input.parquet"
@@ -101,15 +106,15 @@ export RAYON_NUM_THREADS="$THREADS" LP_NUM_THREADS="$THREADS"
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# run_burn NAME DEVICE CONFIG: train 1 epoch, then score the same lines; append a result row.
+# run_burn NAME DEVICE CONFIG [INPUT]: train 1 epoch, then score the same lines; append a row.
 run_burn() {
-  local name="$1" device="$2" config="$3"
+  local name="$1" device="$2" config="$3" input="${4:-$INPUT}"
   local out="$WORK/model-$name" log="$WORK/$name"
   rm -rf "$out"
   echo "[$name] training (load $(load))" >&2
   local t0=$SECONDS
   if ! timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" --seed "$SEED" train-detector \
-      --input "$INPUT" --out "$out" --config "$config" --epochs 1 --detector autoencoder \
+      --input "$input" --out "$out" --config "$config" --epochs 1 --detector autoencoder \
       > "$log.train.log" 2>&1; then
     if grep -q "needs a CPU Vulkan driver" "$log.train.log"; then
       NOTES+=("$name skipped: no CPU Vulkan adapter ($(tail -1 "$log.train.log"))")
@@ -125,7 +130,7 @@ run_burn() {
   echo "[$name] scoring (load $(load))" >&2
   t0=$SECONDS
   local score_lps="-"
-  if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" score --model "$out" --input "$INPUT" \
+  if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" score --model "$out" --input "$input" \
       --out "$WORK/scores-$name.parquet" --detector autoencoder > "$log.score.log" 2>&1; then
     score_lps=$(sed -n 's/.*(\([0-9.]*\) lines\/s).*/\1/p' "$log.score.log" | tail -1)
   else
@@ -138,40 +143,59 @@ run_burn() {
 
 run_burn "burn-flex" flex "$CONFIG"
 if [ "${SKIP_WGPU_CPU:-0}" != 1 ]; then
-  run_burn "burn-wgpu-cpu" wgpu-cpu "$CONFIG"
+  WGPU_CPU_LINES="${WGPU_CPU_LINES:-2000}"
+  WGPU_INPUT="$INPUT"
+  if [ "$WGPU_CPU_LINES" -lt "$(python3 -c 'import pyarrow.parquet as pq,sys; print(pq.read_metadata(sys.argv[1]).num_rows)' "$INPUT")" ]; then
+    WGPU_INPUT="$WORK/input-first$WGPU_CPU_LINES.parquet"
+    python3 -c 'import pyarrow.parquet as pq,sys; pq.write_table(pq.read_table(sys.argv[1]).slice(0, int(sys.argv[3])), sys.argv[2])' \
+      "$INPUT" "$WGPU_INPUT" "$WGPU_CPU_LINES"
+    NOTES+=("burn-wgpu-cpu ran on the first $WGPU_CPU_LINES lines of the input (WGPU_CPU_LINES)")
+  fi
+  run_burn "burn-wgpu-cpu" wgpu-cpu "$CONFIG" "$WGPU_INPUT"
 else
   NOTES+=("burn-wgpu-cpu skipped (SKIP_WGPU_CPU=1)")
 fi
 for extra in ${EXTRA_FLEX_CONFIGS:-}; do
   run_burn "flex-${extra%%=*}" flex "${extra#*=}"
 done
+if [ "${ONE_THREAD:-0}" = 1 ]; then
+  RAYON_NUM_THREADS=1 run_burn "burn-flex-1thread" flex "$CONFIG"
+fi
 
-if [ "${SKIP_TORCH:-0}" != 1 ]; then
-  echo "[pytorch] training + scoring (load $(load))" >&2
-  t0=$SECONDS
+# run_torch NAME THREADS: the PyTorch reference, training then scoring; append a row.
+run_torch() {
+  local name="$1" threads="$2"
+  echo "[$name] training + scoring (load $(load))" >&2
+  local t0=$SECONDS
   if timeout "$((2 * STEP_TIMEOUT))" python3 "$HERE/torch_reference.py" --input "$INPUT" --config "$CONFIG" \
-      --threads "$THREADS" --epochs 1 --seed "$SEED" > "$WORK/pytorch.json" 2> "$WORK/pytorch.log"; then
-    python3 - "$WORK/pytorch.json" "$((SECONDS - t0))" >> "$RESULTS" <<'EOF'
+      --threads "$threads" --epochs 1 --seed "$SEED" > "$WORK/$name.json" 2> "$WORK/$name.log"; then
+    python3 - "$WORK/$name.json" "$((SECONDS - t0))" "$name" >> "$RESULTS" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 # Process wall time covers loading, training, validation and scoring together.
-print(f"pytorch {d['torch']}\t{d['train_lines_per_sec']}\t{d['score_lines_per_sec']}\t"
+print(f"{sys.argv[3]} ({d['torch']})\t{d['train_lines_per_sec']}\t{d['score_lines_per_sec']}\t"
       f"{sys.argv[2]} (train+score)\t-")
 EOF
+    echo "[$name] $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("train %s lines/s, score %s lines/s" % (d["train_lines_per_sec"], d["score_lines_per_sec"]))' "$WORK/$name.json")" >&2
   else
-    NOTES+=("pytorch failed or timed out: $(tail -1 "$WORK/pytorch.log")")
+    NOTES+=("$name failed or timed out: $(tail -1 "$WORK/$name.log")")
   fi
+}
+
+if [ "${SKIP_TORCH:-0}" != 1 ]; then
+  run_torch pytorch "$THREADS"
+  if [ "${ONE_THREAD:-0}" = 1 ]; then run_torch pytorch-1thread 1; fi
 fi
 
 # --- report -------------------------------------------------------------------------------
 echo
 echo "Detector throughput: $(python3 -c 'import pyarrow.parquet as pq,sys; print(pq.read_metadata(sys.argv[1]).num_rows)' "$INPUT") lines, config $(basename "$CONFIG"), $THREADS threads"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; load after run $(load)"
-echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "objective: $MODEL_CFG; commit built: $COMMIT"
 python3 - "$RESULTS" <<'EOF'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-torch = next((r for r in rows if r[0].startswith("pytorch")), None)
+torch = next((r for r in rows if r[0].startswith("pytorch (")), None)
 def num(x):
     try:
         return float(x)
