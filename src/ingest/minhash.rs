@@ -390,8 +390,16 @@ pub fn near_duplicate_clusters(lines: &[&str], cfg: &MinHashConfig) -> Result<Ve
             "near-duplicate clustering takes at most 2^32-1 lines at once",
         ));
     }
+    let t = std::time::Instant::now();
     let sigs = signatures(lines, cfg)?;
-    Ok(clusters_from_signatures(&sigs, lines.len(), cfg))
+    let t_sig = t.elapsed().as_secs_f64();
+    let ids = clusters_from_signatures(&sigs, lines.len(), cfg);
+    tracing::debug!(
+        "near-dup: {} lines, signatures {t_sig:.2} s, LSH + union-find {:.2} s",
+        lines.len(),
+        t.elapsed().as_secs_f64() - t_sig
+    );
+    Ok(ids)
 }
 
 /// Cluster ids from precomputed [`signatures`].
