@@ -6,6 +6,7 @@
 //! -> classifier training and evaluation. Shared plumbing: [`table`] (Parquet I/O),
 //! [`device`] (Burn device choice), [`progress`], [`error`].
 
+pub mod classify;
 pub mod detect;
 pub mod device;
 pub mod error;

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use longtail::device::DeviceChoice;
-use longtail::{Globals, detect, ingest, label, select};
+use longtail::{Globals, classify, detect, ingest, label, select};
 use std::process::ExitCode;
 
 /// Turn anomaly detection into benign training data for command-line classifiers.
@@ -12,12 +12,24 @@ use std::process::ExitCode;
 /// anomalies -> evaluate. Each stage reads and writes Parquet, so any stage can be rerun
 /// or inspected alone. Exit codes: 0 ok, 1 runtime failure, 2 usage or input error.
 #[derive(Parser)]
-#[command(name = "longtail", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "longtail",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Compute device: auto = a real GPU through wgpu if present, else flex (CPU).
-    #[arg(long, global = true, value_enum, default_value = "auto", env = "LONGTAIL_DEVICE")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "LONGTAIL_DEVICE"
+    )]
     device: DeviceChoice,
     /// Seed for every random choice (sampling, initialisation, shuffling).
     #[arg(long, global = true, default_value_t = 42)]
@@ -43,14 +55,14 @@ enum Command {
     Select(select::SelectArgs),
     /// Ask an LLM for a benign/malicious verdict on each candidate.
     Label(label::LabelArgs),
-    /// Train the CNN command-line classifier (not yet available: issue 5).
-    TrainClassifier(Pending),
-    /// Evaluate classifiers: AUC, TPR at low FPR, plots (not yet available: issue 5).
-    Evaluate(Pending),
-    /// Score lines with a trained classifier (not yet available: issue 5).
-    Classify(Pending),
-    /// Export a classifier for downstream use (not yet available: issue 5).
-    Export(Pending),
+    /// Train the CNN command-line classifier on labeled lines plus benign augmentation lines.
+    TrainClassifier(classify::TrainArgs),
+    /// Compare classifiers on one labeled test set: AUC, TPR at low FPR, breakdowns, SVG plots.
+    Evaluate(classify::EvaluateArgs),
+    /// Score lines with a trained classifier: probability of malicious and a label.
+    Classify(classify::ClassifyArgs),
+    /// Export a classifier (weights, config, threshold, model card) for downstream use.
+    Export(classify::ExportArgs),
     /// Run the whole pipeline from a config (not yet available: issue 6).
     Run(Pending),
 }
@@ -82,17 +94,20 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let globals = Globals { device: cli.device, seed: cli.seed };
+    let globals = Globals {
+        device: cli.device,
+        seed: cli.seed,
+    };
     let result = match &cli.command {
         Command::Ingest(a) => ingest::run(a, &globals),
         Command::TrainDetector(a) => detect::train_cli(a, &globals),
         Command::Score(a) => detect::score_cli(a, &globals),
         Command::Select(a) => select::run(a, &globals),
         Command::Label(a) => label::run(a, &globals),
-        Command::TrainClassifier(_) => pending("train-classifier", 5),
-        Command::Evaluate(_) => pending("evaluate", 5),
-        Command::Classify(_) => pending("classify", 5),
-        Command::Export(_) => pending("export", 5),
+        Command::TrainClassifier(a) => classify::train_cli(a, &globals),
+        Command::Evaluate(a) => classify::evaluate_cli(a, &globals),
+        Command::Classify(a) => classify::classify_cli(a, &globals),
+        Command::Export(a) => classify::export_cli(a, &globals),
         Command::Run(_) => pending("run", 6),
     };
     match result {
@@ -107,6 +122,7 @@ fn main() -> ExitCode {
 fn pending(stage: &str, issue: u32) -> longtail::Result<()> {
     Err(longtail::Error::input(format!(
         "`longtail {stage}` is not implemented yet (tracked in issue {issue}); \
-         the stages available now are ingest, train-detector, score, select and label"
+         the stages available now are ingest, train-detector, score, select, label, \
+         train-classifier, classify, evaluate and export"
     )))
 }

@@ -1,0 +1,336 @@
+//! Stage 5: the CNN command-line classifier ([`model`]), trained through the shared loop
+//! ([`fit`]) on a labeled baseline plus benign augmentation lines ([`data`]), used by
+//! `classify`, compared by `evaluate` and packaged by `export` ([`cli`]).
+//!
+//! A classifier directory holds `config.json` ([`ClassifierBundle`]: architecture, training
+//! settings, data summary, training history, validation metrics), `model.safetensors`,
+//! `threshold.json` ([`Threshold`]) and, while training, `checkpoint/`.
+
+pub mod cli;
+pub mod data;
+pub mod fit;
+pub mod model;
+
+pub use cli::{
+    ClassifyArgs, EvaluateArgs, ExportArgs, TrainArgs, classify_cli, evaluate_cli, export_cli,
+    train_cli,
+};
+
+use crate::error::{Context, Result};
+use crate::train::{OptimConfig, TrainState};
+use crate::{Globals, table};
+use burn::module::Module;
+use burn::tensor::Device;
+use data::DataSummary;
+use fit::TrainingConfig;
+use model::{CnnClassifier, CnnConfig, sigmoid};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The `format` written into every `config.json`; bump when the forward pass changes.
+pub const FORMAT: &str = "longtail-cnn-classifier/1";
+
+/// Everything chosen before training; `configs/classifier.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierConfig {
+    pub model: CnnConfig,
+    pub optim: OptimConfig,
+    pub training: TrainingConfig,
+}
+
+impl ClassifierConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .input_ctx(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).input_ctx(|| format!("invalid classifier config {}", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.training.validate()
+    }
+}
+
+/// Validation results of the saved (best) model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValidationSummary {
+    pub lines: usize,
+    pub malicious: usize,
+    pub benign: usize,
+    /// `None` when the validation split holds a single class.
+    pub roc_auc: Option<f64>,
+    pub pr_auc: Option<f64>,
+    /// ROC AUC after each epoch of the last training process.
+    pub roc_auc_per_epoch: Vec<Option<f64>>,
+}
+
+/// `config.json` beside the weights.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClassifierBundle {
+    pub format: String,
+    /// `bytes`: token = byte value, 256 = padding.
+    pub tokenizer: String,
+    pub config: ClassifierConfig,
+    pub data: DataSummary,
+    /// Malicious-line loss weight actually used.
+    pub pos_weight: f64,
+    pub train_lines: usize,
+    /// The model directory whose weights training started from (`--init`).
+    pub init_from: Option<String>,
+    pub device: String,
+    pub seed: u64,
+    pub training: Option<TrainState>,
+    pub validation: Option<ValidationSummary>,
+}
+
+/// `threshold.json`: flag a line as malicious when `score >= threshold`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    pub threshold: f64,
+    /// `validation_fpr`: chosen on validation for `target_fpr`; `default`: 0.5, because the
+    /// validation split was too small or single-class (see `note`).
+    pub method: String,
+    pub target_fpr: f64,
+    /// Rates on the validation split at this threshold (when it has both classes).
+    pub validation_fpr: Option<f64>,
+    pub validation_tpr: Option<f64>,
+    pub note: String,
+}
+
+impl Threshold {
+    /// The threshold for `target_fpr` on validation scores, or 0.5 when that cannot be
+    /// determined (one class only, or fewer than 1/target_fpr benign lines).
+    pub fn choose(scores: &[f64], labels: &[bool], target_fpr: f64) -> Self {
+        let negatives = labels.iter().filter(|&&l| !l).count();
+        let default = |note: String| Threshold {
+            threshold: 0.5,
+            method: "default".into(),
+            target_fpr,
+            validation_fpr: None,
+            validation_tpr: None,
+            note,
+        };
+        let curve = match crate::evaluate::roc_curve(scores, labels) {
+            Ok(c) => c,
+            Err(e) => return default(format!("no ROC curve on validation: {e}")),
+        };
+        match curve.tpr_at_fpr(target_fpr) {
+            Ok(p) if p.resolvable => Threshold {
+                threshold: p.threshold,
+                method: "validation_fpr".into(),
+                target_fpr,
+                validation_fpr: Some(p.fpr),
+                validation_tpr: Some(p.tpr),
+                note: format!(
+                    "highest validation TPR at FPR <= {target_fpr} over {negatives} benign lines"
+                ),
+            },
+            Ok(_) => default(format!(
+                "validation has {negatives} benign lines; FPR {target_fpr} needs at least {:.0}",
+                (1.0 / target_fpr).ceil()
+            )),
+            Err(e) => default(format!("no threshold on validation: {e}")),
+        }
+    }
+}
+
+/// A trained classifier, loaded for scoring.
+pub struct Classifier {
+    pub bundle: ClassifierBundle,
+    pub threshold: Threshold,
+    pub model: CnnClassifier,
+    pub device: Device,
+}
+
+impl Classifier {
+    pub fn load(dir: &Path, globals: &Globals) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.exists() {
+            return Err(crate::Error::input(format!(
+                "{} is not a classifier directory (no config.json); train one with \
+                 `longtail train-classifier` or pass an exported models/NAME folder",
+                dir.display()
+            )));
+        }
+        let bundle: ClassifierBundle = data::read_json(&cfg_path, "classifier config")?;
+        if bundle.format != FORMAT {
+            return Err(crate::Error::input(format!(
+                "{} has format {:?}; this longtail reads {FORMAT:?}: retrain or use a matching release",
+                cfg_path.display(),
+                bundle.format
+            )));
+        }
+        bundle.config.model.validate()?;
+        let threshold: Threshold = data::read_json(&dir.join("threshold.json"), "threshold")?;
+        let chosen = crate::device::resolve(globals.device)?;
+        let model = bundle.config.model.init(&chosen.device);
+        let model = crate::train::load_weights(model, &dir.join("model.safetensors"))?.valid();
+        Ok(Self {
+            bundle,
+            threshold,
+            model,
+            device: chosen.device,
+        })
+    }
+
+    /// Probability of malicious for each line, in order. `on_batch` gets the lines done.
+    pub fn score(
+        &self,
+        lines: &[&str],
+        batch_tokens: usize,
+        on_batch: impl FnMut(usize),
+    ) -> Vec<f64> {
+        let cfg = &self.bundle.config.model;
+        let clipped: Vec<std::borrow::Cow<[u8]>> =
+            lines.iter().map(|l| cfg.clip(l.as_bytes())).collect();
+        let rows: Vec<&[u8]> = clipped.iter().map(|c| c.as_ref()).collect();
+        fit::logits(
+            &self.model,
+            cfg,
+            &rows,
+            &self.device,
+            1024,
+            batch_tokens,
+            on_batch,
+        )
+        .into_iter()
+        .map(sigmoid)
+        .collect()
+    }
+
+    /// `score >= threshold`.
+    pub fn is_malicious(&self, score: f64) -> bool {
+        score >= self.threshold.threshold
+    }
+}
+
+/// Write `config.json` atomically.
+pub fn write_bundle(dir: &Path, bundle: &ClassifierBundle) -> Result<()> {
+    table::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(bundle)
+            .expect("plain data")
+            .as_bytes(),
+    )
+}
+
+/// What [`train`] is asked to do.
+pub struct TrainRequest<'a> {
+    pub config: &'a ClassifierConfig,
+    pub train: &'a [std::path::PathBuf],
+    pub augment: &'a [std::path::PathBuf],
+    pub init: Option<&'a Path>,
+    pub out: &'a Path,
+    pub resume: bool,
+}
+
+/// Train a classifier into `req.out`: config.json, model.safetensors, threshold.json.
+pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> {
+    let mut config = req.config.clone();
+    let chosen = crate::device::resolve(globals.device)?;
+    let train_device = chosen.device.clone().autodiff();
+    let init = match req.init {
+        Some(dir) => {
+            let from = Classifier::load(dir, globals)?;
+            if from.bundle.config.model != config.model {
+                tracing::info!(
+                    "--init: using the architecture of {} (the config's [model] is ignored)",
+                    dir.display()
+                );
+                config.model = from.bundle.config.model.clone();
+            }
+            let model = config.model.init(&train_device);
+            Some(crate::train::load_weights(
+                model,
+                &dir.join("model.safetensors"),
+            )?)
+        }
+        None => None,
+    };
+    config.validate()?;
+    let cfg_path = req.out.join("config.json");
+    if req.resume && cfg_path.exists() {
+        let previous: ClassifierBundle = data::read_json(&cfg_path, "classifier config")?;
+        if previous.config != config {
+            return Err(crate::Error::input(format!(
+                "--resume: {} was started with a different config; rerun without --resume \
+                 (starts over) or with the same --config and options",
+                cfg_path.display()
+            )));
+        }
+    }
+    let (examples, summary) = data::load_training_set(req.train, req.augment)?;
+    tracing::info!(
+        "training set: {} benign, {} malicious, {} augmentation (benign); skipped labels {:?}",
+        summary.benign,
+        summary.malicious,
+        summary.augment,
+        summary.skipped_labels
+    );
+    let run = crate::train::RunDir::new(req.out)?;
+    let mut bundle = ClassifierBundle {
+        format: FORMAT.into(),
+        tokenizer: "bytes".into(),
+        config: config.clone(),
+        data: summary,
+        pos_weight: 0.0,
+        train_lines: 0,
+        init_from: req.init.map(|p| p.display().to_string()),
+        device: chosen.name.clone(),
+        seed: globals.seed,
+        training: None,
+        validation: None,
+    };
+    // Written first so that a killed run can be inspected and resumed.
+    write_bundle(req.out, &bundle)?;
+    let setup = fit::TrainSetup {
+        model: &config.model,
+        optim: &config.optim,
+        training: &config.training,
+        run: &run,
+        device: &chosen.device,
+        seed: globals.seed,
+        resume: req.resume,
+        init,
+    };
+    let (_model, outcome) = fit::train(&setup, &examples)?;
+    let malicious = outcome.val_labels.iter().filter(|&&l| l).count();
+    let curve = crate::evaluate::roc_curve(&outcome.val_scores, &outcome.val_labels).ok();
+    bundle.validation = Some(ValidationSummary {
+        lines: outcome.val_labels.len(),
+        malicious,
+        benign: outcome.val_labels.len() - malicious,
+        roc_auc: curve.as_ref().map(|c| c.auc()),
+        pr_auc: curve.as_ref().map(|c| c.average_precision()),
+        roc_auc_per_epoch: outcome
+            .val_auc_per_epoch
+            .iter()
+            .map(|&a| a.is_finite().then_some(a))
+            .collect(),
+    });
+    let threshold = Threshold::choose(
+        &outcome.val_scores,
+        &outcome.val_labels,
+        config.training.threshold_fpr,
+    );
+    if threshold.method == "default" {
+        tracing::warn!("threshold 0.5 (default): {}", threshold.note);
+    }
+    bundle.pos_weight = outcome.pos_weight;
+    bundle.train_lines = outcome.train_lines;
+    bundle.training = Some(outcome.state);
+    table::write_atomic(
+        &req.out.join("threshold.json"),
+        serde_json::to_string_pretty(&threshold)
+            .expect("plain data")
+            .as_bytes(),
+    )?;
+    write_bundle(req.out, &bundle)?;
+    Ok(bundle)
+}
+
+/// Number of parameters of a model (for the model card).
+pub fn parameter_count(model: &CnnClassifier) -> usize {
+    model.num_params()
+}

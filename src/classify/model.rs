@@ -1,0 +1,247 @@
+//! The CNN command-line classifier: byte embedding -> parallel Conv1d of several widths ->
+//! ReLU -> max-pool over the real (unpadded) positions -> dropout -> one logit.
+//!
+//! A line's score does not depend on what else is in its batch: a window of width `k` counts
+//! only when it starts at a position `t < max(len - k + 1, 1)`, so padding never reaches the
+//! pool except for lines shorter than `k`, whose single window sees the line then PAD tokens
+//! (exactly what `scripts/load_classifier.py` does).
+
+use burn::module::Module;
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+/// Token ids: 0..=255 are bytes, 256 is padding.
+pub const PAD: i64 = 256;
+pub const VOCAB: usize = 257;
+
+/// Architecture; saved in `config.json` beside the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CnnConfig {
+    /// Size of each byte's embedding.
+    pub embed_dim: usize,
+    /// Convolution filters per kernel width.
+    pub filters: usize,
+    /// Kernel widths in bytes, one parallel convolution each.
+    pub widths: Vec<usize>,
+    /// Dropout on the pooled features during training.
+    pub dropout: f64,
+    /// Bytes seen per line; a longer line keeps its first and last `max_len / 2` bytes
+    /// (the payload of an attack is often at the end).
+    pub max_len: usize,
+}
+
+impl Default for CnnConfig {
+    fn default() -> Self {
+        Self {
+            embed_dim: 32,
+            filters: 64,
+            widths: vec![2, 3, 4, 5],
+            dropout: 0.2,
+            max_len: 256,
+        }
+    }
+}
+
+impl CnnConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: &str| Err(crate::Error::input(format!("classifier config: {m}")));
+        if self.embed_dim == 0 || self.filters == 0 {
+            return bad("embed_dim and filters must be positive");
+        }
+        if self.widths.is_empty() || self.widths.contains(&0) {
+            return bad("widths must list at least one positive kernel width");
+        }
+        if self.max_len < 8 || self.max_len < self.max_width() {
+            return bad("max_len must be at least 8 and at least the widest kernel");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    pub fn max_width(&self) -> usize {
+        self.widths.iter().copied().max().unwrap_or(1)
+    }
+
+    pub fn init(&self, device: &Device) -> CnnClassifier {
+        CnnClassifier {
+            embed: EmbeddingConfig::new(VOCAB, self.embed_dim)
+                .with_initializer(burn::nn::Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.1,
+                })
+                .init(device),
+            convs: self
+                .widths
+                .iter()
+                .map(|&k| Conv1dConfig::new(self.embed_dim, self.filters, k).init(device))
+                .collect(),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            head: LinearConfig::new(self.filters * self.widths.len(), 1).init(device),
+        }
+    }
+
+    /// The bytes the model sees of a line: all of it, or its head and tail.
+    pub fn clip<'a>(&self, line: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if line.len() <= self.max_len {
+            return line.into();
+        }
+        let head = self.max_len / 2;
+        let tail = self.max_len - head;
+        let mut v = Vec::with_capacity(self.max_len);
+        v.extend_from_slice(&line[..head]);
+        v.extend_from_slice(&line[line.len() - tail..]);
+        v.into()
+    }
+
+    /// Padded sequence length of a batch whose longest (clipped) line has `len` bytes:
+    /// a multiple of 8 (few kernel shapes) and at least the widest kernel.
+    pub fn batch_len(&self, len: usize) -> usize {
+        (len.max(1).div_ceil(8) * 8).max(self.max_width())
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CnnClassifier {
+    embed: Embedding,
+    convs: Vec<Conv1d>,
+    dropout: Dropout,
+    head: Linear,
+}
+
+impl CnnClassifier {
+    /// Logits `[batch]` for token ids `[batch, len]` whose rows hold `lens[i]` real tokens.
+    pub fn forward(&self, tokens: Tensor<2, Int>, lens: Tensor<1, Int>) -> Tensor<1> {
+        let [batch, len] = tokens.dims();
+        let device = tokens.device();
+        let x = self.embed.forward(tokens).swap_dims(1, 2); // [batch, embed, len]
+        let pooled: Vec<Tensor<2>> = self
+            .convs
+            .iter()
+            .map(|conv| {
+                let k = conv.kernel_size;
+                let out_len = len + 1 - k;
+                let y = relu(conv.forward(x.clone())); // [batch, filters, out_len]
+                let limit = lens
+                    .clone()
+                    .sub_scalar(k as i64 - 1)
+                    .clamp_min(1)
+                    .reshape([batch, 1])
+                    .expand([batch, out_len]);
+                let positions = Tensor::<1, Int>::arange(0..out_len as i64, &device)
+                    .reshape([1, out_len])
+                    .expand([batch, out_len]);
+                // After ReLU every value is >= 0, so zeroing the windows that start in the
+                // padding leaves the maximum over the real windows unchanged.
+                let keep = positions.lower(limit).float().reshape([batch, 1, out_len]);
+                let [_, filters, _] = y.dims();
+                (y * keep).max_dim(2).reshape([batch, filters])
+            })
+            .collect();
+        let h = self.dropout.forward(Tensor::cat(pooled, 1));
+        self.head.forward(h).reshape([batch])
+    }
+}
+
+/// Token ids and lengths of a batch, on the host.
+#[derive(Clone, Debug)]
+pub struct HostBatch {
+    pub batch: usize,
+    pub len: usize,
+    pub tokens: Vec<i64>,
+    pub lens: Vec<i64>,
+    /// 1 = malicious (training only).
+    pub targets: Vec<f32>,
+    /// Loss weight per line (training only).
+    pub weights: Vec<f32>,
+}
+
+impl HostBatch {
+    /// Rows from already clipped lines.
+    pub fn new(cfg: &CnnConfig, rows: &[&[u8]]) -> Self {
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+        let len = cfg.batch_len(longest);
+        let mut tokens = vec![PAD; rows.len() * len];
+        for (r, bytes) in rows.iter().enumerate() {
+            for (i, &b) in bytes.iter().enumerate() {
+                tokens[r * len + i] = b as i64;
+            }
+        }
+        Self {
+            batch: rows.len(),
+            len,
+            tokens,
+            lens: rows.iter().map(|r| r.len() as i64).collect(),
+            targets: vec![0.0; rows.len()],
+            weights: vec![1.0; rows.len()],
+        }
+    }
+
+    pub fn tokens(&self, device: &Device) -> Tensor<2, Int> {
+        Tensor::from_data(
+            TensorData::new(self.tokens.clone(), [self.batch, self.len]),
+            device,
+        )
+    }
+
+    pub fn lens(&self, device: &Device) -> Tensor<1, Int> {
+        Tensor::from_data(TensorData::new(self.lens.clone(), [self.batch]), device)
+    }
+
+    pub fn targets(&self, device: &Device) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(self.targets.clone(), [self.batch]), device)
+    }
+
+    pub fn weights(&self, device: &Device) -> Tensor<1> {
+        Tensor::from_data(TensorData::new(self.weights.clone(), [self.batch]), device)
+    }
+}
+
+/// Numerically stable binary cross-entropy on logits, per line:
+/// `max(z, 0) - y z + log(1 + exp(-|z|))`.
+pub fn bce_with_logits(logits: Tensor<1>, targets: Tensor<1>) -> Tensor<1> {
+    logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p()
+}
+
+pub fn sigmoid(logit: f32) -> f64 {
+    1.0 / (1.0 + (-(logit as f64)).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_keep_head_and_tail() {
+        let cfg = CnnConfig {
+            max_len: 8,
+            widths: vec![2, 3],
+            ..Default::default()
+        };
+        assert_eq!(&*cfg.clip(b"abc"), b"abc");
+        assert_eq!(&*cfg.clip(b"0123456789AB"), b"012389AB");
+        assert_eq!(cfg.batch_len(3), 8);
+        assert_eq!(cfg.batch_len(9), 16);
+    }
+
+    #[test]
+    fn bce_matches_the_formula() {
+        let device = Device::flex();
+        let z = Tensor::<1>::from_data(TensorData::new(vec![-3.0f32, 0.0, 2.5], [3]), &device);
+        let y = Tensor::<1>::from_data(TensorData::new(vec![0.0f32, 1.0, 1.0], [3]), &device);
+        let got = bce_with_logits(z, y).into_data().to_vec::<f32>().unwrap();
+        let want = [
+            -(1.0 - sigmoid(-3.0)).ln(),
+            -(sigmoid(0.0)).ln(),
+            -(sigmoid(2.5)).ln(),
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The classifier end to end on the bundled sample (nl2bash + runner_images benign,
+//! atomic_red_team malicious): training quality on flex, augmentation counting, resume, and
+//! the CLI contract (classify, evaluate, export, and the numpy-only Python loader).
+
+use longtail::Globals;
+use longtail::classify::data::load_training_set;
+use longtail::classify::{self, Classifier, ClassifierConfig, TrainRequest};
+use longtail::device::DeviceChoice;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/sample")
+        .join(name)
+}
+
+fn globals() -> Globals {
+    Globals {
+        device: DeviceChoice::Flex,
+        seed: 7,
+    }
+}
+
+/// A model small enough to train in seconds on two cores.
+fn tiny_config(epochs: usize) -> ClassifierConfig {
+    let mut c = ClassifierConfig::default();
+    c.model.embed_dim = 16;
+    c.model.filters = 32;
+    c.model.widths = vec![2, 3, 4];
+    c.model.max_len = 128;
+    c.optim.epochs = epochs;
+    c.optim.lr = 1e-2;
+    c.training.max_batch = 64;
+    c
+}
+
+/// Write the first `n` rows of each sample file into one JSONL file.
+fn subset(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
+    let mut out = String::new();
+    for (f, n) in files {
+        let text = std::fs::read_to_string(sample(f)).unwrap();
+        for l in text.lines().take(*n) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    let path = dir.join("subset.jsonl");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn flex_classifier_learns_the_sample_quickly_and_scores_do_not_depend_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = vec![
+        sample("nl2bash.jsonl"),
+        sample("runner_images.jsonl"),
+        sample("atomic_red_team.jsonl"),
+        // `unknown` labels: skipped and counted, not trained on.
+        sample("otrf_security_datasets.jsonl"),
+    ];
+    let cfg = tiny_config(4);
+    let start = Instant::now();
+    let bundle = classify::train(
+        &TrainRequest {
+            config: &cfg,
+            train: &train,
+            augment: &[],
+            init: None,
+            out: dir.path(),
+            resume: false,
+        },
+        &globals(),
+    )
+    .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let v = bundle.validation.clone().unwrap();
+    let t = bundle.training.clone().unwrap();
+    eprintln!(
+        "trained {} lines in {secs:.1}s ({:.0} lines/s per epoch); validation ROC AUC {:?} on {} lines ({} malicious)",
+        bundle.train_lines,
+        t.lines_per_sec.iter().sum::<f64>() / t.lines_per_sec.len() as f64,
+        v.roc_auc,
+        v.lines,
+        v.malicious
+    );
+    assert_eq!(bundle.data.skipped_labels.get("unknown"), Some(&300));
+    assert!(bundle.data.malicious > 350 && bundle.data.benign > 3000);
+    assert!(v.malicious >= 20, "validation needs malicious lines: {v:?}");
+    assert!(v.roc_auc.unwrap() > 0.97, "validation AUC {:?}", v.roc_auc);
+    assert!(secs < 120.0, "training took {secs:.0}s");
+    for f in ["config.json", "model.safetensors", "threshold.json"] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+
+    // Reload; a line scores the same alone as in a batch of mixed lengths (padding is masked).
+    let clf = Classifier::load(dir.path(), &globals()).unwrap();
+    let lines = [
+        "ls",
+        "top -c",
+        "reg save HKLM\\sam %temp%\\sam",
+        "powershell -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUAdAAuAFcAZQBiAEMAbABpAGUAbgB0ACkA",
+        "find . -name '*.py' -exec grep -l TODO {} +",
+    ];
+    let together = clf.score(&lines, 32_768, |_| {});
+    for (i, l) in lines.iter().enumerate() {
+        let alone = clf.score(&[l], 32_768, |_| {})[0];
+        assert!(
+            (alone - together[i]).abs() < 1e-5,
+            "{l:?}: {alone} alone vs {} in a batch",
+            together[i]
+        );
+        assert!((0.0..=1.0).contains(&alone));
+    }
+    assert!(
+        together[2] > together[1],
+        "reg save should outscore top -c: {together:?}"
+    );
+}
+
+#[test]
+fn augmentation_rows_count_as_benign_and_labeled_rows_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let aug = dir.path().join("aug.jsonl");
+    std::fs::write(
+        &aug,
+        concat!(
+            "{\"cmd\": \"choco install -y git\", \"label\": \"malicious\"}\n",
+            "{\"cmd\": \"dism /online /enable-feature /featurename:NetFx3\"}\n",
+            "{\"cmd\": \"dism /online /enable-feature /featurename:NetFx3\"}\n",
+            "{\"cmd\": \"reg save HKLM\\\\sam %temp%\\\\sam\", \"label\": \"benign\"}\n",
+        ),
+    )
+    .unwrap();
+    let (examples, summary) = load_training_set(
+        &[sample("atomic_red_team.jsonl"), sample("nl2bash.jsonl")],
+        &[aug],
+    )
+    .unwrap();
+    assert_eq!(summary.augment, 2, "{summary:?}");
+    assert_eq!(summary.augment_already_labeled, 1);
+    assert!(summary.duplicates >= 1);
+    let choco = examples
+        .iter()
+        .find(|e| e.cmd == "choco install -y git")
+        .unwrap();
+    assert!(choco.augment && !choco.malicious);
+    // The labeled set's verdict stays.
+    assert!(
+        examples
+            .iter()
+            .find(|e| e.cmd == "reg save HKLM\\sam %temp%\\sam")
+            .unwrap()
+            .malicious
+    );
+}
+
+fn read_state(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("checkpoint/state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// A kill mid-training loses at most the epoch in progress, `--resume` reaches the same
+/// result as an uninterrupted run, and resuming with another config is refused.
+#[test]
+fn resume_after_sigkill_matches_an_uninterrupted_run() {
+    let work = tempfile::tempdir().unwrap();
+    let input = subset(
+        work.path(),
+        &[("nl2bash.jsonl", 900), ("atomic_red_team.jsonl", 250)],
+    );
+    let cfg = work.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\nembed_dim = 16\nfilters = 32\nwidths = [2, 3, 4]\nmax_len = 128\n\
+         [optim]\nepochs = 3\nlr = 0.01\n[training]\nmax_batch = 16\n",
+    )
+    .unwrap();
+    let train = |out: &Path, resume: bool| {
+        let mut c = Command::new(bin());
+        c.args(["--device", "flex", "-q", "train-classifier", "--train"])
+            .arg(&input)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--out")
+            .arg(out);
+        if resume {
+            c.arg("--resume");
+        }
+        c
+    };
+    let straight = work.path().join("straight");
+    assert!(train(&straight, false).status().unwrap().success());
+
+    let killed = work.path().join("killed");
+    let mut child = train(&killed, false).spawn().unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    while read_state(&killed).is_none_or(|s| s["epochs_done"] != 1) {
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(read_state(&killed).unwrap()["epochs_done"], 1);
+    let other = train(&killed, true)
+        .arg("--epochs")
+        .arg("5")
+        .output()
+        .unwrap();
+    assert_eq!(
+        other.status.code(),
+        Some(2),
+        "resume with another config must be refused"
+    );
+    assert!(train(&killed, true).status().unwrap().success());
+
+    let a = read_state(&straight).unwrap();
+    let b = read_state(&killed).unwrap();
+    assert_eq!(b["epochs_done"], 3);
+    let losses = |s: &serde_json::Value| -> Vec<f64> {
+        s["val_loss"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    for (x, y) in losses(&a).iter().zip(losses(&b)) {
+        assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", losses(&a), losses(&b));
+    }
+    let threshold = |d: &Path| {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("threshold.json")).unwrap())
+                .unwrap();
+        v["threshold"].as_f64().unwrap()
+    };
+    assert!((threshold(&straight) - threshold(&killed)).abs() < 1e-4);
+}
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_longtail"))
+}
+
+fn longtail(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .args(["--device", "flex", "-q"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "longtail {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let train = subset(
+        dir.path(),
+        &[("nl2bash.jsonl", 600), ("atomic_red_team.jsonl", 200)],
+    );
+    std::fs::write(
+        d("tiny.toml"),
+        "[model]\nembed_dim = 8\nfilters = 16\nwidths = [2, 3, 5]\nmax_len = 96\n\
+         [optim]\nepochs = 2\nlr = 0.01\n",
+    )
+    .unwrap();
+    let aug = sample("runner_images.jsonl").display().to_string();
+    longtail(&[
+        "train-classifier",
+        "--train",
+        &train.display().to_string(),
+        "--augment",
+        &aug,
+        "--augment-weight",
+        "0.5",
+        "--config",
+        &d("tiny.toml"),
+        "--out",
+        &d("model"),
+    ]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("model/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["data"]["augment"], 600);
+    assert_eq!(cfg["config"]["training"]["augment_weight"], 0.5);
+
+    // classify: 100 lines of mixed sources, long ones included, as text on stdin.
+    let mut lines: Vec<String> = Vec::new();
+    for f in [
+        "atomic_red_team.jsonl",
+        "runner_images.jsonl",
+        "nl2bash.jsonl",
+    ] {
+        let text = std::fs::read_to_string(sample(f)).unwrap();
+        for l in text.lines().rev().take(34) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let cmd = v["cmd"].as_str().unwrap().replace('\n', " ");
+            if lines.len() < 100 && !cmd.trim().is_empty() {
+                lines.push(cmd);
+            }
+        }
+    }
+    assert_eq!(lines.len(), 100);
+    std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
+    longtail(&["export", "--model", &d("model"), "--out", &d("models/tiny")]);
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "threshold.json",
+        "README.md",
+    ] {
+        assert!(dir.path().join("models/tiny").join(f).exists(), "{f}");
+    }
+    let card = std::fs::read_to_string(d("models/tiny/README.md")).unwrap();
+    assert!(
+        card.contains("ROC AUC") && card.contains("runner_images.jsonl"),
+        "{card}"
+    );
+    longtail(&[
+        "classify",
+        "--model",
+        &d("models/tiny"),
+        &d("lines.txt"),
+        "-o",
+        &d("scores.jsonl"),
+    ]);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d("scores.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 100);
+    let threshold: f64 = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(d("models/tiny/threshold.json")).unwrap(),
+    )
+    .unwrap()["threshold"]
+        .as_f64()
+        .unwrap();
+    for (row, line) in rows.iter().zip(&lines) {
+        assert_eq!(row["cmd"].as_str().unwrap(), line);
+        let s = row["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+        let want = if s >= threshold {
+            "malicious"
+        } else {
+            "benign"
+        };
+        assert_eq!(row["label"], want);
+    }
+    // Parquet output and stdin give the same scores.
+    let mut child = Command::new(bin())
+        .args([
+            "--device",
+            "flex",
+            "-q",
+            "classify",
+            "--model",
+            &d("models/tiny"),
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(lines[..3].join("\n").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let piped: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(piped.len(), 3);
+    assert!(
+        (piped[2]["score"].as_f64().unwrap() - rows[2]["score"].as_f64().unwrap()).abs() < 1e-9
+    );
+    longtail(&[
+        "classify",
+        "--model",
+        &d("model"),
+        &d("lines.txt"),
+        "-o",
+        &d("scores.parquet"),
+    ]);
+    assert!(dir.path().join("scores.parquet").exists());
+
+    // evaluate: two models on one test set, with source and platform breakdowns.
+    longtail(&[
+        "evaluate",
+        "--test",
+        &sample("runner_images.jsonl").display().to_string(),
+        &sample("atomic_red_team.jsonl").display().to_string(),
+        "--model",
+        &format!("trained={}", d("model")),
+        "--model",
+        &format!("exported={}", d("models/tiny")),
+        "--out",
+        &d("eval"),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("eval/report.json")).unwrap()).unwrap();
+    let models = report["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["metrics"]["count"], 1000);
+    assert_eq!(
+        models[0]["metrics"]["roc_auc"],
+        models[1]["metrics"]["roc_auc"]
+    );
+    let columns: Vec<&str> = models[0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["column"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["source", "platform"]);
+    for f in ["report.md", "roc.svg", "hist-trained.svg"] {
+        assert!(dir.path().join("eval").join(f).exists(), "{f}");
+    }
+
+    // The downstream contract: numpy + safetensors reproduce the scores to 1e-4.
+    let python_ok = Command::new("python3")
+        .args(["-c", "import numpy, safetensors.numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_ok {
+        eprintln!(
+            "SKIPPED: the Python loader check needs python3 with numpy and safetensors \
+             (pip install numpy safetensors)"
+        );
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/load_classifier.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(d("models/tiny"))
+        .args(["--check", &d("scores.jsonl")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("OK: 100 lines"),
+        "{text}"
+    );
+}
