@@ -603,8 +603,49 @@ fn roc_plot_points_thin_large_curves_but_keep_ends() {
 }
 
 /// Development cross-check against scikit-learn on 300 random score sets (a third with heavy
-/// ties). Needs the cases file from the Python script described in the evaluate report:
-/// `LONGTAIL_SKLEARN_CASES=/tmp/sk_cases.json cargo test --release --test evaluate -- --ignored`
+/// ties, a third probabilities): ROC AUC, average precision, every ROC point, TPR at FPR and
+/// FPR at TPR. Make the cases with the script below (numpy + scikit-learn), then
+/// `LONGTAIL_SKLEARN_CASES=/tmp/sk_cases.json cargo test --release --test evaluate -- --ignored scikit`
+///
+/// ```python
+/// # Dev-only: random score sets (with ties) and scikit-learn's metrics for them, to cross-check
+/// # longtail::evaluate::metrics. Writes JSON to argv[1].
+/// import json, sys
+/// import numpy as np
+/// from sklearn.metrics import roc_auc_score, average_precision_score, roc_curve
+/// rng = np.random.default_rng(12345)
+/// cases = []
+/// for i in range(300):
+///     n = int(rng.integers(2, 3000))
+///     pos_rate = rng.uniform(0.01, 0.9)
+///     labels = rng.random(n) < pos_rate
+///     if labels.all() or (~labels).all():
+///         labels[0] = not labels[0]
+///     shift = rng.uniform(-1, 3)
+///     scores = rng.normal(size=n) + shift * labels
+///     kind = i % 3
+///     if kind == 1:  # heavy ties
+///         scores = np.floor(scores * rng.integers(1, 10)) / 10
+///     elif kind == 2:  # probabilities
+///         scores = 1 / (1 + np.exp(-scores))
+///     fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+///     # Brute-force reference for TPR at FPR / FPR at TPR over distinct thresholds.
+///     P, N = labels.sum(), (~labels).sum()
+///     tp = np.round(tpr * P).astype(int); fp = np.round(fpr * N).astype(int)
+///     ref = {}
+///     for t in [1e-2, 1e-3, 0.1, 0.5]:
+///         ok = fp <= t * N * (1 + 1e-12)
+///         ref[f"tpr_at_fpr_{t}"] = float(tpr[ok].max())
+///     for t in [0.9, 0.95, 0.5]:
+///         ok = tp >= t * P * (1 - 1e-12)
+///         ref[f"fpr_at_tpr_{t}"] = float(fpr[ok].min())
+///     cases.append(dict(scores=scores.tolist(), labels=labels.tolist(),
+///                       roc_auc=roc_auc_score(labels, scores),
+///                       average_precision=average_precision_score(labels, scores),
+///                       roc_fpr=fpr.tolist(), roc_tpr=tpr.tolist(), **ref))
+/// json.dump(cases, open(sys.argv[1], "w"))
+/// print(len(cases), "cases")
+/// ```
 #[test]
 #[ignore = "needs a cases file made with scikit-learn"]
 fn scikit_learn_cross_check() {
@@ -729,4 +770,40 @@ fn demo_report_for_eyeballing() {
     }
     let files = report.write_all(std::path::Path::new(&dir)).unwrap();
     eprintln!("{files:?}");
+}
+
+/// Timing on a million lines (prints figures; no bound, the machine is shared):
+/// `cargo test --release --test evaluate -- --ignored --nocapture million`
+#[test]
+#[ignore = "timing figures for a human"]
+fn million_lines_timing() {
+    let (s, l) = lcg_data(1_000_000, 3);
+    let noisy: Vec<f64> = s
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x + (i % 99_991) as f64 * 1e-7)
+        .collect();
+    let t = std::time::Instant::now();
+    let curve = roc_curve(&noisy, &l).unwrap();
+    let sort = t.elapsed();
+    let m = metrics::summarize_curve(&curve, &MetricsOptions::default()).unwrap();
+    let all = t.elapsed();
+    let t = std::time::Instant::now();
+    let ci = curve.auc_ci_bootstrap(0.95, 200, 1).unwrap();
+    let boot = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut report = Report::new("million", ReportOptions::default());
+    let groups: Vec<String> = (0..noisy.len()).map(|i| format!("g{}", i % 7)).collect();
+    report.add("m", &noisy, &l, &[("group", &groups)]).unwrap();
+    let add = t.elapsed();
+    eprintln!(
+        "1M lines, {} distinct scores: curve {sort:?}, summarize incl. DeLong {all:?} (AUC {:.4}), \
+         bootstrap 200 resamples {boot:?} ({:.4}-{:.4}), Report::add with a 7-value group {add:?}, \
+         {} plot points",
+        curve.distinct_scores(),
+        m.roc_auc,
+        ci.lower,
+        ci.upper,
+        report.models[0].roc.len()
+    );
 }

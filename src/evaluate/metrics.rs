@@ -290,6 +290,13 @@ impl RocCurve {
             ));
         }
         check_scores(scores)?;
+        if scores.len() as u64 >= 1 << 32 {
+            return Err(Error::input(format!(
+                "{} lines exceed the 4-billion-line limit of exact AUC counting: evaluate a \
+                 sample of the test set",
+                scores.len()
+            )));
+        }
         let positives = labels.iter().filter(|&&l| l).count() as u64;
         let negatives = labels.len() as u64 - positives;
         if positives == 0 || negatives == 0 {
@@ -413,13 +420,14 @@ impl RocCurve {
 
     /// AUC for per-group weights (the bootstrap's resampled counts): each negative counts the
     /// positives above it plus half of those tied with it.
+    /// Exact in u64 while 2 P N < 2^64, i.e. for any test set under 4 billion lines.
     fn weighted_auc(&self, pos: &[u64], neg: &[u64]) -> f64 {
-        let (mut above, mut twice_u, mut p, mut n) = (0u128, 0u128, 0u128, 0u128);
+        let (mut above, mut twice_u, mut p, mut n) = (0u64, 0u64, 0u64, 0u64);
         for (&pk, &nk) in pos.iter().zip(neg) {
-            twice_u += nk as u128 * (2 * above + pk as u128);
-            above += pk as u128;
-            p += pk as u128;
-            n += nk as u128;
+            twice_u += nk * (2 * above + pk);
+            above += pk;
+            p += pk;
+            n += nk;
         }
         twice_u as f64 / (2 * p * n) as f64
     }
@@ -504,28 +512,55 @@ impl RocCurve {
             )));
         }
         // The distinct-score group of every positive and every negative line.
-        let expand = |counts: &[u64]| -> Vec<usize> {
+        let expand = |counts: &[u64]| -> Vec<u32> {
             let mut v = Vec::new();
             for (k, &c) in counts.iter().enumerate() {
-                v.extend(std::iter::repeat_n(k, c as usize));
+                v.extend(std::iter::repeat_n(k as u32, c as usize));
             }
             v
         };
         let (pos_group, neg_group) = (expand(&self.pos), expand(&self.neg));
-        let mut rng = StdRng::seed_from_u64(seed);
-        let groups = self.scores.len();
-        let (mut pos_w, mut neg_w) = (vec![0u64; groups], vec![0u64; groups]);
-        let mut aucs = Vec::with_capacity(resamples);
-        for _ in 0..resamples {
+        let lines = pos_group.len() + neg_group.len();
+        // Over about a second of work: show progress.
+        let bar = (lines as u128 * resamples as u128 > 20_000_000)
+            .then(|| crate::progress::bar(resamples as u64, "bootstrap", "resamples"));
+        // Resample r draws from its own generator seeded by (seed, r), so the interval does not
+        // depend on how many threads share the work.
+        let one_resample = |r: usize, pos_w: &mut Vec<u64>, neg_w: &mut Vec<u64>| -> f64 {
+            let mut rng =
+                StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             pos_w.fill(0);
             neg_w.fill(0);
             for _ in 0..pos_group.len() {
-                pos_w[pos_group[rng.random_range(0..pos_group.len())]] += 1;
+                pos_w[pos_group[rng.random_range(0..pos_group.len())] as usize] += 1;
             }
             for _ in 0..neg_group.len() {
-                neg_w[neg_group[rng.random_range(0..neg_group.len())]] += 1;
+                neg_w[neg_group[rng.random_range(0..neg_group.len())] as usize] += 1;
             }
-            aucs.push(self.weighted_auc(&pos_w, &neg_w));
+            self.weighted_auc(pos_w, neg_w)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(resamples);
+        let groups = self.scores.len();
+        let mut aucs = vec![0.0; resamples];
+        std::thread::scope(|scope| {
+            for (t, chunk) in aucs.chunks_mut(resamples.div_ceil(threads)).enumerate() {
+                let (one_resample, bar) = (&one_resample, &bar);
+                let first = t * resamples.div_ceil(threads);
+                scope.spawn(move || {
+                    let (mut pos_w, mut neg_w) = (vec![0u64; groups], vec![0u64; groups]);
+                    for (i, auc) in chunk.iter_mut().enumerate() {
+                        *auc = one_resample(first + i, &mut pos_w, &mut neg_w);
+                        if let Some(bar) = bar {
+                            bar.inc(1);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
         aucs.sort_unstable_by(f64::total_cmp);
         let alpha = 1.0 - level;
