@@ -9,7 +9,8 @@
 # Input: LINES command lines resampled from ../shared/data/cmdlines/*.jsonl (or $CORPUS) with
 # Zipf-like frequencies, 30% of them given 1-3 small random edits so near-duplicates exist;
 # written as text (one line each) and as JSONL (cmd, label, platform). Wall time and peak RSS
-# come from GNU time (`/usr/bin/time -v`). It is a benchmark, not a test: nothing asserts.
+# come from GNU time (`/usr/bin/time -v`), with CPU seconds (user + system), which vary less
+# than wall time when the machine is shared. It is a benchmark, not a test: nothing asserts.
 set -euo pipefail
 
 LINES="${1:-1000000}"
@@ -52,8 +53,9 @@ measure() {
   sync
   echo "running: $name" >&2
   /usr/bin/time -v "$@" > "$out" 2> "$tlog" || { cat "$tlog" >&2; echo "$name failed" >&2; exit 1; }
-  local wall rss
+  local wall rss cpu
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$tlog")
+  cpu=$(awk -F': ' '/User time|System time/ {s+=$2} END {print s}' "$tlog")
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tlog")
   local unique="-" clusters="-"
   if [ -s "$WORK/summary.json" ]; then
@@ -66,10 +68,11 @@ measure() {
   elif [ "$name" = "sort | uniq -c" ]; then
     unique=$(wc -l < "$WORK/uniq.txt")
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$what" "$wall" "$rss" "$unique" "$clusters" >> "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$what" "$wall" "$cpu" "$rss" "$unique" "$clusters" >> "$RESULTS"
 }
 
 rm -f "$WORK/summary.json"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 measure "longtail ingest (text)" "exact" \
   "$LONGTAIL" -q ingest "$TXT" --no-near-dup -o "$WORK/lt_exact.parquet" --summary-json "$WORK/summary.json"
 measure "longtail ingest (text)" "exact + near-dup" \
@@ -90,12 +93,13 @@ if [ -z "${SKIP_DATASKETCH:-}" ]; then
 fi
 
 echo
+echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "ingest benchmark: $LINES lines ($((BYTES_TXT / 1000000)) MB text, $((BYTES_JSONL / 1000000)) MB JSONL), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo
-printf '| %-34s | %-30s | %8s | %12s | %13s | %9s | %9s |\n' "tool" "work" "wall s" "lines/s" "peak RSS MiB" "unique" "clusters"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..32})" "---------:" "-------------:" "--------------:" "----------:" "----------:"
-while IFS=$'\t' read -r name what wall rss unique clusters; do
+printf '| %-34s | %-30s | %8s | %8s | %12s | %13s | %9s | %9s |\n' "tool" "work" "wall s" "CPU s" "lines/s" "peak RSS MiB" "unique" "clusters"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..36})" "$(printf -- '-%.0s' {1..32})" "---------:" "---------:" "-------------:" "--------------:" "----------:" "----------:"
+while IFS=$'\t' read -r name what wall cpu rss unique clusters; do
   rate=$(awk -v n="$LINES" -v w="$wall" 'BEGIN { if (w > 0) printf "%d", n / w; else print "-" }')
   mib=$(awk -v k="$rss" 'BEGIN { printf "%.0f", k / 1024 }')
-  printf '| %-34s | %-30s | %8.2f | %12s | %13s | %9s | %9s |\n' "$name" "$what" "$wall" "$rate" "$mib" "$unique" "$clusters"
+  printf '| %-34s | %-30s | %8.2f | %8.2f | %12s | %13s | %9s | %9s |\n' "$name" "$what" "$wall" "$cpu" "$rate" "$mib" "$unique" "$clusters"
 done < "$RESULTS"
