@@ -226,7 +226,8 @@ pub fn evaluate_cli(args: &EvaluateArgs, globals: &Globals) -> Result<()> {
     let models: Vec<(String, PathBuf)> = args
         .models
         .iter()
-        .map(|m| named_path(m))
+        .map(String::as_str)
+        .map(named_path)
         .collect::<Result<_>>()?;
     let rows = data::read_rows(&args.test, true)?;
     let mut skipped = std::collections::BTreeMap::<String, u64>::new();
@@ -303,8 +304,13 @@ pub struct ExportArgs {
 }
 
 pub fn export_cli(args: &ExportArgs, globals: &Globals) -> Result<()> {
-    // Loading proves the folder is complete and the weights match the config.
-    let classifier = Classifier::load(&args.model, globals)?;
+    // Loading proves the folder is complete and the weights match the config; the CPU is
+    // enough for that, so no GPU is probed.
+    let flex = Globals {
+        device: crate::device::DeviceChoice::Flex,
+        seed: globals.seed,
+    };
+    let classifier = Classifier::load(&args.model, &flex)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.out
             .file_name()
@@ -396,14 +402,14 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
     );
     s += "Validation lines come from the training distribution: these figures are not a test on \
           unseen sources; use `longtail evaluate` on a held-out test set for that.\n\n";
+    let name_dir = format!("models/{name}");
     s += &format!(
         "## Use\n\n```sh\nlongtail classify --model {name_dir} lines.txt -o scores.parquet\n\
          python3 scripts/load_classifier.py {name_dir}   # numpy + safetensors only\n```\n\n\
          Files: `model.safetensors` (weights; tensor names follow the module paths: \
          `embed.weight` [257, E], `convs.N.weight` [F, E, k], `convs.N.bias`, `head.weight` \
          [F*W, 1], `head.bias`), `config.json` (architecture, data, training history), \
-         `threshold.json`.\n",
-        name_dir = format!("models/{name}")
+         `threshold.json`.\n"
     );
     s
 }

@@ -76,14 +76,13 @@ fn read_parquet_rows(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
         for (((cmd, label), platform), source) in
             cmds.into_iter().zip(labels).zip(platforms).zip(sources)
         {
-            match cmd {
-                Some(cmd) if !cmd.trim().is_empty() => rows.push(Row {
+            if let Some(cmd) = cmd.filter(|c| !c.trim().is_empty()) {
+                rows.push(Row {
                     cmd,
                     label,
                     platform,
                     source,
-                }),
-                _ => {}
+                });
             }
         }
     }
