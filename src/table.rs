@@ -48,6 +48,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn persist(tmp: NamedTempFile, path: &Path) -> Result<()> {
+    // Temporary files are created 0600; outputs are ordinary files others may read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .runtime_ctx(|| format!("setting permissions of {}", path.display()))?;
+    }
     tmp.as_file()
         .sync_all()
         .runtime_ctx(|| format!("syncing {}", path.display()))?;
