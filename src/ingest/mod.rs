@@ -71,7 +71,7 @@ pub struct IngestArgs {
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
     /// Output Parquet file (written atomically: it appears only when ingest succeeds).
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", visible_alias = "out")]
     pub output: PathBuf,
     /// Input format; auto = by extension, then by content.
     #[arg(long, value_enum, default_value = "auto")]
