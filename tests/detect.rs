@@ -109,14 +109,16 @@ fn check_objective(objective: Objective) {
     let state = bundle.training.unwrap();
     assert_eq!(state.epochs_done, 2);
     assert!(
-        state.val_loss[1] < state.val_loss[0] + 0.05,
+        state.val_loss[1] < state.val_loss[0],
         "validation loss {:?}",
         state.val_loss
     );
-    // Uniform guessing over 256 bytes costs ln(256) = 5.55 nats a byte; the model must do far better.
+    // The model must beat byte frequencies alone (about 3.6 nats a byte here): it has to use
+    // the context of each byte, or the code of the line.
+    let unigram = unigram_entropy(train);
     assert!(
-        state.val_loss[1] < 3.5,
-        "validation loss {:?}",
+        state.val_loss[1] < unigram - 0.05,
+        "validation loss {:?} vs unigram entropy {unigram}",
         state.val_loss
     );
 
