@@ -1,6 +1,6 @@
 //! Training and scoring the byte autoencoder.
 
-use super::batching::{HostBatch, bucket_by_length, chunk_line, padded_len};
+use super::batching::{HostBatch, bucket_by_length, chunk_line};
 use super::model::{AutoencoderConfig, ByteAutoencoder, Objective};
 use crate::Result;
 use crate::train::{Batch, OptimConfig, RunDir, TrainState, Trainer};
@@ -79,12 +79,7 @@ fn make_batches(
     groups
         .into_iter()
         .map(|group| {
-            let len = group
-                .iter()
-                .map(|&i| padded_len(lens[i]))
-                .max()
-                .unwrap_or(8);
-            let mut hb = HostBatch::new(group.len(), len);
+            let mut hb = HostBatch::for_group(&group, &lens);
             for (row, &i) in group.iter().enumerate() {
                 let (line, start, end) = pieces[i];
                 let bytes = &lines[line][start..end];
@@ -269,12 +264,8 @@ pub fn byte_nlls(
     let lens: Vec<usize> = items.iter().map(|(c, _)| c.end - c.start).collect();
     let mut out: Vec<Vec<f32>> = lines.iter().map(|l| vec![0.0; l.len()]).collect();
     for group in bucket_by_length(&lens, 4096, batch_tokens) {
-        let len = group
-            .iter()
-            .map(|&i| padded_len(lens[i]))
-            .max()
-            .unwrap_or(8);
-        let mut hb = HostBatch::new(group.len(), len);
+        let mut hb = HostBatch::for_group(&group, &lens);
+        let len = hb.len;
         for (row, &i) in group.iter().enumerate() {
             let (c, p) = items[i];
             let bytes = &lines[c.line][c.start..c.end];

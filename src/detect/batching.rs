@@ -100,6 +100,17 @@ impl HostBatch {
         }
     }
 
+    /// An empty batch sized for the items `group` (indices into `lens`): one row each, padded
+    /// to the longest item's rounded length.
+    pub fn for_group(group: &[usize], lens: &[usize]) -> Self {
+        let len = group
+            .iter()
+            .map(|&i| padded_len(lens[i]))
+            .max()
+            .unwrap_or(8);
+        Self::new(group.len(), len)
+    }
+
     /// Fill row `row` with `bytes`; `masked(i)` says whether position i is hidden (replaced
     /// by MASK); `weighted(i)` whether it counts in the loss.
     pub fn set_row(
