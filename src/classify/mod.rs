@@ -88,8 +88,12 @@ pub struct ClassifierBundle {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
     pub threshold: f64,
-    /// `validation_fpr`: chosen on validation for `target_fpr`; `default`: 0.5, because the
-    /// validation split was too small or single-class (see `note`).
+    /// How it was chosen:
+    /// - `validation_fpr`: the highest validation TPR at FPR <= `target_fpr`;
+    /// - `validation_zero_fpr`: validation has too few benign lines to resolve `target_fpr`
+    ///   (fewer than 1/target_fpr), so the threshold lies just above the highest benign
+    ///   validation score: the lowest FPR reachable on that split (0 of its benign lines);
+    /// - `default`: 0.5, because validation has no benign line at all (see `note`).
     pub method: String,
     pub target_fpr: f64,
     /// Rates on the validation split at this threshold (when it has both classes).
@@ -99,10 +103,17 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    /// The threshold for `target_fpr` on validation scores, or 0.5 when that cannot be
-    /// determined (one class only, or fewer than 1/target_fpr benign lines).
+    /// The threshold for `target_fpr` on validation scores. When validation holds fewer than
+    /// 1/target_fpr benign lines the target cannot be resolved, and the threshold is set just
+    /// above the highest benign score instead (FPR 0 on validation); 0.5 only when validation
+    /// has no benign line.
     pub fn choose(scores: &[f64], labels: &[bool], target_fpr: f64) -> Self {
         let negatives = labels.iter().filter(|&&l| !l).count();
+        let positives = labels.len() - negatives;
+        let needed = (1.0 / target_fpr).ceil();
+        let unresolved = format!(
+            "validation has {negatives} benign lines; FPR {target_fpr} needs at least {needed:.0}"
+        );
         let default = |note: String| Threshold {
             threshold: 0.5,
             method: "default".into(),
@@ -111,6 +122,38 @@ impl Threshold {
             validation_tpr: None,
             note,
         };
+        if negatives == 0 {
+            return default(format!(
+                "validation has no benign line ({positives} malicious), so no false-positive \
+                 rate can be set; 0.5 is a guess: choose a threshold with `longtail evaluate`"
+            ));
+        }
+        let max_benign = scores
+            .iter()
+            .zip(labels)
+            .filter(|(_, l)| !**l)
+            .map(|(&s, _)| s)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if positives == 0 {
+            // Just above the highest benign score: flags none of the validation lines.
+            let threshold = next_above(max_benign);
+            return Threshold {
+                threshold,
+                method: "validation_zero_fpr".into(),
+                target_fpr,
+                validation_fpr: Some(0.0),
+                validation_tpr: None,
+                note: format!(
+                    "{}; validation has no malicious line, so the threshold is just above the \
+                     highest benign validation score {max_benign:.6} (FPR 0 on validation)",
+                    if negatives as f64 >= needed {
+                        "target resolvable".to_string()
+                    } else {
+                        unresolved.clone()
+                    }
+                ),
+            };
+        }
         let curve = match crate::evaluate::roc_curve(scores, labels) {
             Ok(c) => c,
             Err(e) => return default(format!("no ROC curve on validation: {e}")),
@@ -126,13 +169,30 @@ impl Threshold {
                     "highest validation TPR at FPR <= {target_fpr} over {negatives} benign lines"
                 ),
             },
-            Ok(_) => default(format!(
-                "validation has {negatives} benign lines; FPR {target_fpr} needs at least {:.0}",
-                (1.0 / target_fpr).ceil()
-            )),
+            // With no false positive allowed, the operating point flags exactly the lines
+            // scored above every benign line: its threshold lies above the highest benign score.
+            Ok(p) => Threshold {
+                threshold: p.threshold,
+                method: "validation_zero_fpr".into(),
+                target_fpr,
+                validation_fpr: Some(p.fpr),
+                validation_tpr: Some(p.tpr),
+                note: format!(
+                    "{unresolved}, so the target could not be resolved; the threshold lies just \
+                     above the highest benign validation score {max_benign:.6}: the lowest FPR \
+                     reachable on this split (0 of {negatives}), at validation TPR {:.4}. The \
+                     FPR on new data may well exceed {target_fpr}; check with `longtail evaluate`",
+                    p.tpr
+                ),
+            },
             Err(e) => default(format!("no threshold on validation: {e}")),
         }
     }
+}
+
+/// The smallest threshold that flags nothing scored `x` or lower (scores are probabilities).
+fn next_above(x: f64) -> f64 {
+    x + (x.abs() * 1e-6).max(1e-12)
 }
 
 /// A trained classifier, loaded for scoring.
@@ -314,8 +374,14 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         &outcome.val_labels,
         config.training.threshold_fpr,
     );
-    if threshold.method == "default" {
-        tracing::warn!("threshold 0.5 (default): {}", threshold.note);
+    match threshold.method.as_str() {
+        "default" => tracing::warn!("threshold 0.5 (default): {}", threshold.note),
+        "validation_zero_fpr" => tracing::warn!(
+            "threshold {:.6} (above every benign validation score): {}",
+            threshold.threshold,
+            threshold.note
+        ),
+        _ => {}
     }
     bundle.pos_weight = outcome.pos_weight;
     bundle.train_lines = outcome.train_lines;
@@ -333,4 +399,65 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
 /// Number of parameters of a model (for the model card).
 pub fn parameter_count(model: &CnnClassifier) -> usize {
     model.num_params()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Threshold;
+
+    /// `n` evenly spaced scores in `[lo, hi]`.
+    fn spread(n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n)
+            .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
+            .collect()
+    }
+
+    fn set(benign: &[f64], malicious: &[f64]) -> (Vec<f64>, Vec<bool>) {
+        let scores = [benign, malicious].concat();
+        let labels = (0..scores.len()).map(|i| i >= benign.len()).collect();
+        (scores, labels)
+    }
+
+    #[test]
+    fn too_few_benign_lines_put_the_threshold_just_above_the_highest_benign_score() {
+        // 200 benign lines cannot resolve FPR 1e-3; the classes overlap in [0.4, 0.6].
+        let (scores, labels) = set(&spread(200, 0.0, 0.6), &spread(50, 0.4, 1.0));
+        let t = Threshold::choose(&scores, &labels, 1e-3);
+        assert_eq!(t.method, "validation_zero_fpr", "{t:?}");
+        assert!(t.threshold > 0.6 && t.threshold < 0.62, "{t:?}");
+        let flagged_benign = scores[..200].iter().filter(|&&s| s >= t.threshold).count();
+        assert_eq!(flagged_benign, 0);
+        let flagged = scores[200..].iter().filter(|&&s| s >= t.threshold).count();
+        assert_eq!(t.validation_fpr, Some(0.0));
+        assert_eq!(t.validation_tpr, Some(flagged as f64 / 50.0));
+        assert!(flagged > 25 && flagged < 50, "{flagged}");
+        assert!(
+            t.note.contains("200 benign") && t.note.contains("could not be resolved"),
+            "{}",
+            t.note
+        );
+    }
+
+    #[test]
+    fn enough_benign_lines_resolve_the_target() {
+        let (scores, labels) = set(&spread(2000, 0.0, 0.6), &spread(50, 0.4, 1.0));
+        let t = Threshold::choose(&scores, &labels, 1e-3);
+        assert_eq!(t.method, "validation_fpr", "{t:?}");
+        // Two benign lines may be flagged: the threshold lies between the 2nd and 3rd highest.
+        let flagged_benign = scores[..2000].iter().filter(|&&s| s >= t.threshold).count();
+        assert_eq!(flagged_benign, 2, "{t:?}");
+        assert!(t.threshold < 0.6);
+    }
+
+    #[test]
+    fn single_class_validation() {
+        let (scores, labels) = set(&spread(30, 0.1, 0.7), &[]);
+        let t = Threshold::choose(&scores, &labels, 1e-3);
+        assert_eq!(t.method, "validation_zero_fpr");
+        assert!(t.threshold > 0.7 && t.threshold < 0.7001, "{t:?}");
+        let (scores, labels) = set(&[], &spread(30, 0.1, 0.7));
+        let t = Threshold::choose(&scores, &labels, 1e-3);
+        assert_eq!((t.method.as_str(), t.threshold), ("default", 0.5));
+        assert!(t.note.contains("no benign line"), "{}", t.note);
+    }
 }
