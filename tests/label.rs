@@ -478,6 +478,32 @@ fn unauthorized_and_bad_request_fail_fast() {
 }
 
 #[test]
+fn a_line_too_long_for_the_context_fails_alone() {
+    // llama-server's answer to a prompt longer than its context: HTTP 400, which must not
+    // stop the run like a bad model name would.
+    let server = Server::start(|s| {
+        if s.cmd.len() > 100 {
+            Reply::status(
+                400,
+                r#"{"error":{"code":400,"message":"request (9000 tokens) exceeds the available context size (8192 tokens), try increasing it","type":"exceed_context_size_error"}}"#,
+            )
+        } else {
+            Reply::benign()
+        }
+    });
+    let long = format!("powershell -c \"{}\"", "x".repeat(200));
+    let results = label(&server, &["ls", &long, "pwd"]);
+    let by = by_cmd(&results);
+    assert_eq!(by["ls"].verdict, Verdict::Benign);
+    assert_eq!(by["pwd"].verdict, Verdict::Benign);
+    let r = &by[&long];
+    assert_eq!(r.verdict, Verdict::Error);
+    assert_eq!(r.attempts, 1, "not retried");
+    assert!(r.error.as_deref().unwrap().contains("context"), "{r:?}");
+    assert_eq!(server.received(), 3);
+}
+
+#[test]
 fn a_dead_server_stops_the_run_instead_of_retrying_forever() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

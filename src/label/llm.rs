@@ -254,6 +254,16 @@ impl LlmLabeler {
                         },
                         Ok(text) => {
                             let body = self.redact(&snippet(&text));
+                            if is_context_overflow(status, &text) {
+                                // This line alone is too long for the model: the others may
+                                // still be answered, and asking again would not help.
+                                return Err(AskError::Failed {
+                                    message: format!(
+                                        "the prompt for this line is longer than the model's                                          context (HTTP {status}: {body}); give the server a                                          larger context (llama-server -c, LLM_CTX for                                          scripts/llm_server.sh) or lower --max-command-chars"
+                                    ),
+                                    attempts: attempt,
+                                });
+                            }
                             if !is_retryable(status) {
                                 return Err(AskError::Fatal(self.fatal_message(status, &body)));
                             }
@@ -347,6 +357,25 @@ impl Labeler for LlmLabeler {
 
 fn is_retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 409 | 425 | 429) || status.is_server_error()
+}
+
+/// A 400/413 that rejects one over-long prompt rather than the request's form: llama-server
+/// (`exceed_context_size_error`), OpenAI (`context_length_exceeded`), vLLM ("maximum context
+/// length").
+fn is_context_overflow(status: StatusCode, body: &str) -> bool {
+    if !matches!(status.as_u16(), 400 | 413) {
+        return false;
+    }
+    let body = body.to_ascii_lowercase();
+    [
+        "exceed_context_size",
+        "context_length_exceeded",
+        "maximum context length",
+        "exceeds the available context",
+        "larger than the max context",
+    ]
+    .iter()
+    .any(|sign| body.contains(sign))
 }
 
 fn is_reasoning_model(model: &str) -> bool {
@@ -530,6 +559,20 @@ mod tests {
         assert!(parse_completion(r#"{"error":{"message":"overloaded"}}"#).is_err());
         let cut = r#"{"choices":[{"message":{"content":null},"finish_reason":"length"}]}"#;
         assert_eq!(parse_completion(cut).unwrap().content, "");
+    }
+
+    #[test]
+    fn context_overflow_is_told_apart_from_a_bad_request() {
+        let llama = r#"{"error":{"code":400,"message":"request (9000 tokens) exceeds the available context size (8192 tokens), try increasing it","type":"exceed_context_size_error"}}"#;
+        assert!(is_context_overflow(StatusCode::BAD_REQUEST, llama));
+        let openai = r#"{"error":{"code":"context_length_exceeded","message":"..."}}"#;
+        assert!(is_context_overflow(StatusCode::BAD_REQUEST, openai));
+        let bad_model = r#"{"error":{"message":"model `x` not found"}}"#;
+        assert!(!is_context_overflow(StatusCode::BAD_REQUEST, bad_model));
+        assert!(!is_context_overflow(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            llama
+        ));
     }
 
     #[test]
