@@ -2,8 +2,13 @@
 """Load an exported longtail classifier with numpy + safetensors only and score lines.
 
 The downstream contract of `longtail export`: this file reimplements the forward pass
-(byte tokens -> embedding -> Conv1d per width -> ReLU -> max over real windows -> linear ->
+(tokens -> embedding -> Conv1d per width -> ReLU -> max over real windows -> linear ->
 sigmoid) from config.json and model.safetensors, without Burn or PyTorch.
+
+Tokens are the line's UTF-8 bytes, or for BPE models (config `tokenizer = "bpe"`) the
+byte-level BPE of tokenizer.json, reimplemented below in plain Python (the Hugging Face
+`tokenizers` package is not needed): each byte becomes one of GPT-2's 256 byte symbols, the
+whole line is one word, and the merges apply lowest rank first.
 
 Usage:
   python3 scripts/load_classifier.py MODEL_DIR [LINES.txt]          # print score<TAB>label<TAB>cmd
@@ -20,7 +25,67 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-PAD = 256
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character table (the `tokenizers` ByteLevel alphabet)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) \
+        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(keep, map(chr, chars)))
+
+
+class ByteLevelBpe:
+    """Encode like the `tokenizers` tokenizer.json that `longtail train-classifier` writes:
+    ByteLevel pre-tokenizer without regex splitting or prefix space, BPE model, no normalizer."""
+
+    def __init__(self, path):
+        spec = json.loads(Path(path).read_text())
+        model = spec["model"]
+        if model.get("type") != "BPE":
+            raise SystemExit(f"{path}: expected a BPE model, got {model.get('type')!r}")
+        pre = spec.get("pre_tokenizer") or {}
+        if pre.get("type") != "ByteLevel" or pre.get("use_regex") or pre.get("add_prefix_space"):
+            raise SystemExit(f"{path}: expected a ByteLevel pre-tokenizer without regex or prefix space")
+        if spec.get("normalizer") or spec.get("added_tokens"):
+            raise SystemExit(f"{path}: normalizers and added tokens are not supported")
+        self.vocab = model["vocab"]
+        self.ranks = {}
+        for rank, m in enumerate(model["merges"]):
+            a, b = m.split(" ", 1) if isinstance(m, str) else m
+            self.ranks[(a, b)] = rank
+        self.byte_char = bytes_to_unicode()
+        self.cache = {}
+
+    def encode(self, line: str):
+        if line in self.cache:
+            return self.cache[line]
+        symbols = [self.byte_char[b] for b in line.encode("utf-8")]
+        while len(symbols) > 1:
+            # The lowest-ranked adjacent pair, merged wherever it occurs, left to right: pairs
+            # a merge creates always rank higher, so this equals tokenizers' priority queue.
+            ranked = [(self.ranks[p], i) for i, p in enumerate(zip(symbols, symbols[1:])) if p in self.ranks]
+            if not ranked:
+                break
+            _, i = min(ranked)
+            a, b = symbols[i], symbols[i + 1]
+            merged, i = symbols[:i], i
+            while i < len(symbols):
+                if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
+                    merged.append(a + b)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        ids = [self.vocab[s] for s in symbols]
+        if len(self.cache) < 100_000:
+            self.cache[line] = ids
+        return ids
 
 
 class Classifier:
@@ -30,11 +95,23 @@ class Classifier:
         if bundle.get("format") != "longtail-cnn-classifier/1":
             raise SystemExit(f"{model_dir}: unsupported format {bundle.get('format')!r}")
         cfg = bundle["config"]["model"]
+        kind = cfg.get("tokenizer", "bytes")
+        if kind == "bytes":
+            self.vocab_size = 256
+            self.tokens = lambda line: list(line.encode("utf-8"))
+        elif kind == "bpe":
+            self.vocab_size = cfg["vocab_size"]
+            self.tokens = ByteLevelBpe(model_dir / "tokenizer.json").encode
+        else:
+            raise SystemExit(f"{model_dir}: unknown tokenizer {kind!r}")
+        self.pad = self.vocab_size
         self.max_len = cfg["max_len"]
         self.widths = cfg["widths"]
         self.threshold = json.loads((model_dir / "threshold.json").read_text())["threshold"]
         t = load_file(str(model_dir / "model.safetensors"))
-        self.embed = t["embed.weight"].astype(np.float64)  # [257, E]
+        self.embed = t["embed.weight"].astype(np.float64)  # [vocab + 1, E]; last row = padding
+        if self.embed.shape[0] != self.vocab_size + 1:
+            raise SystemExit(f"{model_dir}: embedding has {self.embed.shape[0]} rows, expected {self.vocab_size + 1}")
         # Burn's Conv1d: weight [F, E, k], bias [F]; Linear: weight [in, out], bias [out].
         self.convs = [
             (t[f"convs.{i}.weight"].astype(np.float64), t[f"convs.{i}.bias"].astype(np.float64))
@@ -43,7 +120,7 @@ class Classifier:
         self.head_w = t["head.weight"].astype(np.float64)
         self.head_b = t["head.bias"].astype(np.float64)
 
-    def clip(self, data: bytes) -> bytes:
+    def clip(self, data):
         if len(data) <= self.max_len:
             return data
         head = self.max_len // 2
@@ -51,10 +128,10 @@ class Classifier:
         return data[:head] + data[len(data) - tail:]
 
     def logit(self, line: str) -> float:
-        data = self.clip(line.encode("utf-8"))
+        data = self.clip(self.tokens(line))
         n = len(data)
         width = max(self.widths)
-        tokens = list(data) + [PAD] * max(0, width - n)  # lines shorter than a kernel see PAD
+        tokens = list(data) + [self.pad] * max(0, width - n)  # lines shorter than a kernel see PAD
         x = self.embed[tokens]  # [L, E]
         pooled = []
         for (w, b), k in zip(self.convs, self.widths):

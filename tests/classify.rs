@@ -457,3 +457,115 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
         "{text}"
     );
 }
+
+/// BPE tokens end to end: the vocabulary is learnt and saved beside the weights, export copies
+/// it, `classify` uses it, and the Python loader's own BPE reproduces the scores to 1e-4.
+#[test]
+fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let train = subset(
+        dir.path(),
+        &[
+            ("nl2bash.jsonl", 500),
+            ("runner_images.jsonl", 300),
+            ("atomic_red_team.jsonl", 250),
+        ],
+    );
+    std::fs::write(
+        d("bpe.toml"),
+        "[model]\ntokenizer = \"bpe\"\nvocab_size = 600\nembed_dim = 8\nfilters = 16\n\
+         widths = [2, 3]\nmax_len = 48\n[optim]\nepochs = 1\nlr = 0.01\n",
+    )
+    .unwrap();
+    longtail(&[
+        "train-classifier",
+        "--train",
+        &train.display().to_string(),
+        "--config",
+        &d("bpe.toml"),
+        "--out",
+        &d("model"),
+    ]);
+    let tokenizer = std::fs::read_to_string(d("model/tokenizer.json")).unwrap();
+    assert!(tokenizer.contains("\"BPE\"") && tokenizer.contains("ByteLevel"));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("model/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["tokenizer"], "bpe");
+    assert_eq!(cfg["config"]["model"]["vocab_size"], 600);
+
+    longtail(&["export", "--model", &d("model"), "--out", &d("models/bpe")]);
+    assert!(dir.path().join("models/bpe/tokenizer.json").exists());
+    // Without its tokenizer a BPE model refuses to load (exit 2, with a hint).
+    std::fs::create_dir_all(d("broken")).unwrap();
+    for f in ["config.json", "model.safetensors", "threshold.json"] {
+        std::fs::copy(
+            dir.path().join("models/bpe").join(f),
+            dir.path().join("broken").join(f),
+        )
+        .unwrap();
+    }
+    let out = Command::new(bin())
+        .args([
+            "--device",
+            "flex",
+            "-q",
+            "classify",
+            "--model",
+            &d("broken"),
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
+
+    // Lines the vocabulary has and has not seen, long ones (clipped in tokens) and non-ASCII.
+    let mut lines: Vec<String> = Vec::new();
+    for f in [
+        "atomic_red_team.jsonl",
+        "runner_images.jsonl",
+        "nl2bash.jsonl",
+    ] {
+        let text = std::fs::read_to_string(sample(f)).unwrap();
+        for l in text.lines().rev().take(30) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let cmd = v["cmd"].as_str().unwrap().replace('\n', " ");
+            if !cmd.trim().is_empty() {
+                lines.push(cmd);
+            }
+        }
+    }
+    lines.push("echo 'héllo wörld' ✓ | iconv -f utf-8 -t latin1".into());
+    lines.push("x".into());
+    std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
+    longtail(&[
+        "classify",
+        "--model",
+        &d("models/bpe"),
+        &d("lines.txt"),
+        "-o",
+        &d("scores.jsonl"),
+    ]);
+    let python_ok = Command::new("python3")
+        .args(["-c", "import numpy, safetensors.numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_ok {
+        eprintln!("SKIPPED: the Python loader check needs python3 with numpy and safetensors");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/load_classifier.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(d("models/bpe"))
+        .args(["--check", &d("scores.jsonl")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains(&format!("OK: {} lines", lines.len())),
+        "{text}"
+    );
+}

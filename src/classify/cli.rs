@@ -108,7 +108,7 @@ pub struct ClassifyArgs {
     /// Output: `.parquet` or `.jsonl` (cmd, score, label); standard output (JSONL) if absent or `-`.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
-    /// Padded byte positions per batch (memory vs. speed).
+    /// Padded token positions per batch (memory vs. speed).
     #[arg(long, default_value_t = 32_768)]
     pub batch_tokens: usize,
 }
@@ -295,7 +295,7 @@ pub struct ExportArgs {
     #[arg(long, short)]
     pub model: PathBuf,
     /// Destination folder, e.g. models/NAME: model.safetensors, config.json, threshold.json,
-    /// README.md (model card).
+    /// tokenizer.json (BPE models), README.md (model card).
     #[arg(long, short)]
     pub out: PathBuf,
     /// Name on the model card (default: the destination folder's name).
@@ -316,7 +316,11 @@ pub fn export_cli(args: &ExportArgs, globals: &Globals) -> Result<()> {
             .file_name()
             .map_or("classifier".into(), |n| n.to_string_lossy().into_owned())
     });
-    for file in ["model.safetensors", "config.json", "threshold.json"] {
+    let mut files = vec!["model.safetensors", "config.json", "threshold.json"];
+    if classifier.tokens.kind() == super::tokens::TokenKind::Bpe {
+        files.push(super::tokens::TOKENIZER_FILE);
+    }
+    for file in files {
         let from = args.model.join(file);
         let bytes = std::fs::read(&from).input_ctx(|| format!("cannot read {}", from.display()))?;
         table::write_atomic(&args.out.join(file), &bytes)?;
@@ -337,10 +341,18 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
     let m = &b.config.model;
     let t = &classifier.threshold;
     let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let tokens = match m.tokenizer {
+        super::tokens::TokenKind::Bytes => "byte tokens".to_string(),
+        super::tokens::TokenKind::Bpe => format!(
+            "byte-level BPE tokens (vocabulary of {} ids, `tokenizer.json`, learnt on the \
+             training lines)",
+            m.vocab_size
+        ),
+    };
     let mut s = format!(
-        "# {name}\n\nA CNN command-line classifier from `longtail` ({}): byte tokens, embedding {}, \
+        "# {name}\n\nA CNN command-line classifier from `longtail` ({}): {tokens}, embedding {}, \
          {} filters of widths {:?}, ReLU, max-pool over time, dropout {}, one logit; lines longer \
-         than {} bytes keep their first and last halves. {} parameters. Score = sigmoid(logit), \
+         than {} tokens keep their first and last halves. {} parameters. Score = sigmoid(logit), \
          the probability that the line is malicious.\n\n",
         b.format,
         m.embed_dim,
@@ -407,9 +419,16 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
         "## Use\n\n```sh\nlongtail classify --model {name_dir} lines.txt -o scores.parquet\n\
          python3 scripts/load_classifier.py {name_dir}   # numpy + safetensors only\n```\n\n\
          Files: `model.safetensors` (weights; tensor names follow the module paths: \
-         `embed.weight` [257, E], `convs.N.weight` [F, E, k], `convs.N.bias`, `head.weight` \
-         [F*W, 1], `head.bias`), `config.json` (architecture, data, training history), \
-         `threshold.json`.\n"
+         `embed.weight` [V+1, E] (V = {} token ids, row V = padding), `convs.N.weight` \
+         [F, E, k], `convs.N.bias`, `head.weight` [F*W, 1], `head.bias`), `config.json` \
+         (architecture, data, training history), `threshold.json`{}.\n",
+        m.vocab(),
+        if m.tokenizer == super::tokens::TokenKind::Bpe {
+            ", `tokenizer.json` (Hugging Face tokenizers format; the Python loader reimplements \
+             its byte-level BPE)"
+        } else {
+            ""
+        }
     );
     s
 }

@@ -73,6 +73,8 @@ impl TrainingConfig {
 /// Everything `train` needs besides the data.
 pub struct TrainSetup<'a> {
     pub model: &'a CnnConfig,
+    /// Tokenizer matching `model.tokenizer` (already trained for BPE).
+    pub tokens: &'a super::tokens::Tokens,
     pub optim: &'a OptimConfig,
     pub training: &'a TrainingConfig,
     pub run: &'a RunDir,
@@ -100,7 +102,7 @@ pub struct TrainOutcome {
 fn make_batches(
     model: &CnnConfig,
     training: &TrainingConfig,
-    clipped: &[Vec<u8>],
+    clipped: &[Vec<u32>],
     targets: &[f32],
     weights: &[f32],
     items: &[usize],
@@ -112,7 +114,7 @@ fn make_batches(
     bucket_by_length(&lens, training.max_batch, training.batch_tokens)
         .into_iter()
         .map(|group| {
-            let rows: Vec<&[u8]> = group
+            let rows: Vec<&[u32]> = group
                 .iter()
                 .map(|&g| clipped[items[g]].as_slice())
                 .collect();
@@ -139,11 +141,11 @@ fn batch_loss(
     loss.sum().div_scalar(hb.batch as f64 * mean_weight)
 }
 
-/// Logits of already clipped lines, bucketed by length, in the input order.
+/// Logits of already clipped token rows, bucketed by length, in the input order.
 pub fn logits(
     model: &CnnClassifier,
     cfg: &CnnConfig,
-    clipped: &[&[u8]],
+    clipped: &[&[u32]],
     device: &Device,
     max_batch: usize,
     batch_tokens: usize,
@@ -152,7 +154,7 @@ pub fn logits(
     let lens: Vec<usize> = clipped.iter().map(|l| cfg.batch_len(l.len())).collect();
     let mut out = vec![0f32; clipped.len()];
     for group in bucket_by_length(&lens, max_batch, batch_tokens) {
-        let rows: Vec<&[u8]> = group.iter().map(|&i| clipped[i]).collect();
+        let rows: Vec<&[u32]> = group.iter().map(|&i| clipped[i]).collect();
         let hb = HostBatch::new(cfg, &rows);
         let z = model
             .forward(hb.tokens(device), hb.lens(device))
@@ -174,7 +176,13 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
     let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
     let (train_idx, val_idx) =
         crate::detect::autoencoder::split_train_val(&texts, setup.training.val_fraction);
-    let clipped: Vec<Vec<u8>> = texts.iter().map(|t| cfg.clip(t).into_owned()).collect();
+    let lines: Vec<&str> = examples.iter().map(|e| e.cmd.as_str()).collect();
+    let clipped: Vec<Vec<u32>> = setup
+        .tokens
+        .encode_all(&lines)
+        .into_iter()
+        .map(|t| cfg.clip(&t).into_owned())
+        .collect();
     let targets: Vec<f32> = examples.iter().map(|e| e.malicious as u8 as f32).collect();
     let base_weight = |e: &Example| {
         if e.augment {
@@ -316,12 +324,12 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
 fn score_indices(
     model: &CnnClassifier,
     cfg: &CnnConfig,
-    clipped: &[Vec<u8>],
+    clipped: &[Vec<u32>],
     idx: &[usize],
     device: &Device,
     training: &TrainingConfig,
 ) -> Vec<f64> {
-    let rows: Vec<&[u8]> = idx.iter().map(|&i| clipped[i].as_slice()).collect();
+    let rows: Vec<&[u32]> = idx.iter().map(|&i| clipped[i].as_slice()).collect();
     logits(
         model,
         cfg,
@@ -339,7 +347,7 @@ fn score_indices(
 fn val_auc(
     model: &CnnClassifier,
     cfg: &CnnConfig,
-    clipped: &[Vec<u8>],
+    clipped: &[Vec<u32>],
     idx: &[usize],
     labels: &[bool],
     device: &Device,

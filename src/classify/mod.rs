@@ -4,12 +4,14 @@
 //!
 //! A classifier directory holds `config.json` ([`ClassifierBundle`]: architecture, training
 //! settings, data summary, training history, validation metrics), `model.safetensors`,
-//! `threshold.json` ([`Threshold`]) and, while training, `checkpoint/`.
+//! `threshold.json` ([`Threshold`]), `tokenizer.json` for BPE models ([`tokens`]) and, while
+//! training, `checkpoint/`.
 
 pub mod cli;
 pub mod data;
 pub mod fit;
 pub mod model;
+pub mod tokens;
 
 pub use cli::{
     ClassifyArgs, EvaluateArgs, ExportArgs, TrainArgs, classify_cli, evaluate_cli, export_cli,
@@ -26,6 +28,7 @@ use fit::TrainingConfig;
 use model::{CnnClassifier, CnnConfig, sigmoid};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use tokens::{TokenKind, Tokens};
 
 /// The `format` written into every `config.json`; bump when the forward pass changes.
 pub const FORMAT: &str = "longtail-cnn-classifier/1";
@@ -69,7 +72,8 @@ pub struct ValidationSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClassifierBundle {
     pub format: String,
-    /// `bytes`: token = byte value, 256 = padding.
+    /// `bytes`: token = byte value, 256 = padding; `bpe`: ids from `tokenizer.json`,
+    /// `config.model.vocab_size` = padding (the same as `config.model.tokenizer`).
     pub tokenizer: String,
     pub config: ClassifierConfig,
     pub data: DataSummary,
@@ -200,6 +204,8 @@ pub struct Classifier {
     pub bundle: ClassifierBundle,
     pub threshold: Threshold,
     pub model: CnnClassifier,
+    /// Turns lines into the model's token ids (bytes, or the BPE of `tokenizer.json`).
+    pub tokens: Tokens,
     pub device: Device,
 }
 
@@ -222,6 +228,8 @@ impl Classifier {
             )));
         }
         bundle.config.model.validate()?;
+        let model_cfg = &bundle.config.model;
+        let tokens = Tokens::load(dir, model_cfg.tokenizer, model_cfg.vocab())?;
         let threshold: Threshold = data::read_json(&dir.join("threshold.json"), "threshold")?;
         let chosen = crate::device::resolve(globals.device)?;
         let model = bundle.config.model.init(&chosen.device);
@@ -230,6 +238,7 @@ impl Classifier {
             bundle,
             threshold,
             model,
+            tokens,
             device: chosen.device,
         })
     }
@@ -242,9 +251,13 @@ impl Classifier {
         on_batch: impl FnMut(usize),
     ) -> Vec<f64> {
         let cfg = &self.bundle.config.model;
-        let clipped: Vec<std::borrow::Cow<[u8]>> =
-            lines.iter().map(|l| cfg.clip(l.as_bytes())).collect();
-        let rows: Vec<&[u8]> = clipped.iter().map(|c| c.as_ref()).collect();
+        let clipped: Vec<Vec<u32>> = self
+            .tokens
+            .encode_all(lines)
+            .into_iter()
+            .map(|t| cfg.clip(&t).into_owned())
+            .collect();
+        let rows: Vec<&[u32]> = clipped.iter().map(|c| c.as_slice()).collect();
         fit::logits(
             &self.model,
             cfg,
@@ -285,14 +298,17 @@ pub struct TrainRequest<'a> {
     pub resume: bool,
 }
 
-/// Train a classifier into `req.out`: config.json, model.safetensors, threshold.json.
+/// Train a classifier into `req.out`: config.json, model.safetensors, threshold.json, and
+/// tokenizer.json for BPE tokens (trained on the training split, or taken from `--init`).
 pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> {
     let mut config = req.config.clone();
     let chosen = crate::device::resolve(globals.device)?;
     let train_device = chosen.device.clone().autodiff();
+    let mut init_tokens = None;
     let init = match req.init {
         Some(dir) => {
             let from = Classifier::load(dir, globals)?;
+            init_tokens = Some(from.tokens.clone());
             if from.bundle.config.model != config.model {
                 tracing::info!(
                     "--init: using the architecture of {} (the config's [model] is ignored)",
@@ -329,9 +345,11 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         summary.skipped_labels
     );
     let run = crate::train::RunDir::new(req.out)?;
+    let tokens = training_tokens(req, &config, &examples, init_tokens)?;
+    tokens.save(req.out)?;
     let mut bundle = ClassifierBundle {
         format: FORMAT.into(),
-        tokenizer: "bytes".into(),
+        tokenizer: config.model.tokenizer.name().into(),
         config: config.clone(),
         data: summary,
         pos_weight: 0.0,
@@ -346,6 +364,7 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
     write_bundle(req.out, &bundle)?;
     let setup = fit::TrainSetup {
         model: &config.model,
+        tokens: &tokens,
         optim: &config.optim,
         training: &config.training,
         run: &run,
@@ -394,6 +413,46 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
     )?;
     write_bundle(req.out, &bundle)?;
     Ok(bundle)
+}
+
+/// The tokenizer to train with: bytes; the `--init` model's BPE; on `--resume`, the BPE saved
+/// in the run directory; otherwise a BPE learnt from the training split (not validation).
+fn training_tokens(
+    req: &TrainRequest,
+    config: &ClassifierConfig,
+    examples: &[data::Example],
+    init_tokens: Option<Tokens>,
+) -> Result<Tokens> {
+    let cfg = &config.model;
+    if cfg.tokenizer == TokenKind::Bytes {
+        return Ok(Tokens::Bytes);
+    }
+    if let Some(t) = init_tokens {
+        return Ok(t);
+    }
+    if req.resume && req.out.join(tokens::TOKENIZER_FILE).exists() {
+        return Tokens::load(req.out, cfg.tokenizer, cfg.vocab());
+    }
+    let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
+    let (train_idx, _) =
+        crate::detect::autoencoder::split_train_val(&texts, config.training.val_fraction);
+    let spinner = crate::progress::spinner("training the BPE vocabulary", "lines");
+    let start = std::time::Instant::now();
+    let tokens = Tokens::train_bpe(
+        train_idx.iter().map(|&i| examples[i].cmd.as_str()),
+        cfg.vocab_size,
+    )?;
+    spinner.finish_and_clear();
+    if let Tokens::Bpe(t) = &tokens {
+        tracing::info!(
+            "BPE vocabulary: {} tokens (asked {}) from {} lines in {:.1}s",
+            t.get_vocab_size(true),
+            cfg.vocab_size,
+            train_idx.len(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(tokens)
 }
 
 /// Number of parameters of a model (for the model card).

@@ -1,4 +1,4 @@
-//! The CNN command-line classifier: byte embedding -> parallel Conv1d of several widths ->
+//! The CNN command-line classifier: token embedding -> parallel Conv1d of several widths ->
 //! ReLU -> max-pool over the real (unpadded) positions -> dropout -> one logit.
 //!
 //! A line's score does not depend on what else is in its batch: a window of width `k` counts
@@ -13,23 +13,26 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-/// Token ids: 0..=255 are bytes, 256 is padding.
-pub const PAD: i64 = 256;
-pub const VOCAB: usize = 257;
+use super::tokens::TokenKind;
 
 /// Architecture; saved in `config.json` beside the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CnnConfig {
-    /// Size of each byte's embedding.
+    /// Tokens: `bytes` (256 ids) or `bpe` (a byte-level BPE vocabulary of `vocab_size` ids
+    /// trained on the training lines, saved as tokenizer.json).
+    pub tokenizer: TokenKind,
+    /// BPE vocabulary size, the 256 byte symbols included (ignored for bytes).
+    pub vocab_size: usize,
+    /// Size of each token's embedding.
     pub embed_dim: usize,
     /// Convolution filters per kernel width.
     pub filters: usize,
-    /// Kernel widths in bytes, one parallel convolution each.
+    /// Kernel widths in tokens, one parallel convolution each.
     pub widths: Vec<usize>,
     /// Dropout on the pooled features during training.
     pub dropout: f64,
-    /// Bytes seen per line; a longer line keeps its first and last `max_len / 2` bytes
+    /// Tokens seen per line; a longer line keeps its first and last `max_len / 2` tokens
     /// (the payload of an attack is often at the end).
     pub max_len: usize,
 }
@@ -37,6 +40,8 @@ pub struct CnnConfig {
 impl Default for CnnConfig {
     fn default() -> Self {
         Self {
+            tokenizer: TokenKind::Bytes,
+            vocab_size: 2048,
             embed_dim: 32,
             filters: 64,
             widths: vec![2, 3, 4, 5],
@@ -61,7 +66,22 @@ impl CnnConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout must be in [0, 1)");
         }
+        if self.tokenizer == TokenKind::Bpe && !(257..=65_536).contains(&self.vocab_size) {
+            return bad("vocab_size must be in 257..=65536 for bpe (256 byte symbols + merges)");
+        }
         Ok(())
+    }
+
+    /// Number of token ids; the padding id is this number.
+    pub fn vocab(&self) -> usize {
+        match self.tokenizer {
+            TokenKind::Bytes => 256,
+            TokenKind::Bpe => self.vocab_size,
+        }
+    }
+
+    pub fn pad(&self) -> i64 {
+        self.vocab() as i64
     }
 
     pub fn max_width(&self) -> usize {
@@ -70,7 +90,7 @@ impl CnnConfig {
 
     pub fn init(&self, device: &Device) -> CnnClassifier {
         CnnClassifier {
-            embed: EmbeddingConfig::new(VOCAB, self.embed_dim)
+            embed: EmbeddingConfig::new(self.vocab() + 1, self.embed_dim)
                 .with_initializer(burn::nn::Initializer::Normal {
                     mean: 0.0,
                     std: 0.1,
@@ -86,8 +106,8 @@ impl CnnConfig {
         }
     }
 
-    /// The bytes the model sees of a line: all of it, or its head and tail.
-    pub fn clip<'a>(&self, line: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    /// The tokens the model sees of a line: all of them, or the head and tail.
+    pub fn clip<'a, T: Clone>(&self, line: &'a [T]) -> std::borrow::Cow<'a, [T]> {
         if line.len() <= self.max_len {
             return line.into();
         }
@@ -162,14 +182,14 @@ pub struct HostBatch {
 }
 
 impl HostBatch {
-    /// Rows from already clipped lines.
-    pub fn new(cfg: &CnnConfig, rows: &[&[u8]]) -> Self {
+    /// Rows from already clipped token ids.
+    pub fn new(cfg: &CnnConfig, rows: &[&[u32]]) -> Self {
         let longest = rows.iter().map(|r| r.len()).max().unwrap_or(1);
         let len = cfg.batch_len(longest);
-        let mut tokens = vec![PAD; rows.len() * len];
-        for (r, bytes) in rows.iter().enumerate() {
-            for (i, &b) in bytes.iter().enumerate() {
-                tokens[r * len + i] = b as i64;
+        let mut tokens = vec![cfg.pad(); rows.len() * len];
+        for (r, ids) in rows.iter().enumerate() {
+            for (i, &t) in ids.iter().enumerate() {
+                tokens[r * len + i] = t as i64;
             }
         }
         Self {
@@ -223,8 +243,8 @@ mod tests {
             widths: vec![2, 3],
             ..Default::default()
         };
-        assert_eq!(&*cfg.clip(b"abc"), b"abc");
-        assert_eq!(&*cfg.clip(b"0123456789AB"), b"012389AB");
+        assert_eq!(&*cfg.clip(&b"abc"[..]), b"abc");
+        assert_eq!(&*cfg.clip(&b"0123456789AB"[..]), b"012389AB");
         assert_eq!(cfg.batch_len(3), 8);
         assert_eq!(cfg.batch_len(9), 16);
     }
