@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Classifier throughput benchmark: training lines/s (1 epoch) and classify lines/s of the
+# default classifier config (configs/classifier.toml) on Burn flex, on Burn wgpu forced onto
+# the CPU (--device wgpu-cpu: Mesa lavapipe), and on the PyTorch reference of the same network
+# and procedure (scripts/torch_classifier_reference.py), on the same input and cores, in one
+# run. Prints a table with the ratio Burn / PyTorch. docs/benchmarks.md records a run.
+#
+#   scripts/bench_classifier.sh [WORKDIR]        (default /tmp/longtail-bench-classifier)
+#   Environment:
+#     DATA=/work/shared/data/cmdlines   corpora (scripts/cmdline_splits.py reads them)
+#     LINES=10000        labeled training lines sampled (seed 42) from the hard split's train set
+#     SCORE_LINES=20000  lines classified (the hard split's train + test lines, repeated if short)
+#     WGPU_CPU_LINES=500   lavapipe trains and classifies only this many lines (it is slow:
+#                        every new batch shape is autotuned)
+#     STEP_TIMEOUT=600   seconds allowed to each training or classify step (a step that runs
+#                        out is reported as such, not as a rate)
+#     THREADS=$(nproc)   cores for every implementation (RAYON_NUM_THREADS for flex,
+#                        LP_NUM_THREADS for lavapipe, torch.set_num_threads for PyTorch)
+#     CONFIG=configs/classifier.toml (byte tokens: the PyTorch reference implements bytes only)
+#     SKIP_WGPU_CPU=1, SKIP_TORCH=1     leave those rows out
+#
+# Timing (identical on both sides): training lines/s = lines of the epoch / time of the
+# optimisation loop (OUT/config.json training.lines_per_sec on the Rust side); classify
+# lines/s = lines / time to tokenize and score them (`longtail classify` prints it; reading
+# and writing files excluded). Other processes distort every figure: the load average is
+# printed with each row. Nothing asserts: this is a benchmark, not a test.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+WORK="${1:-/tmp/longtail-bench-classifier}"
+DATA="${DATA:-/work/shared/data/cmdlines}"
+LINES="${LINES:-10000}"
+SCORE_LINES="${SCORE_LINES:-20000}"
+WGPU_CPU_LINES="${WGPU_CPU_LINES:-500}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
+THREADS="${THREADS:-$(nproc)}"
+CONFIG="${CONFIG:-$ROOT/configs/classifier.toml}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
+export RAYON_NUM_THREADS="$THREADS" LP_NUM_THREADS="$THREADS"
+mkdir -p "$WORK"
+
+echo "building longtail (release, $CARGO_TARGET_DIR)" >&2
+(cd "$ROOT" && cargo build --release --quiet --bin longtail)
+LONGTAIL="$CARGO_TARGET_DIR/release/longtail"
+COMMIT="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes in src/')"
+
+# --- input: a labeled training sample and lines to classify ------------------------------
+python3 "$HERE/cmdline_splits.py" hard --data "$DATA" --out "$WORK/split" >/dev/null
+python3 - "$WORK" "$LINES" "$SCORE_LINES" "$WGPU_CPU_LINES" <<'EOF'
+import json, random, sys
+work, n, n_score, n_wgpu = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+train = open(f"{work}/split/train.jsonl", encoding="utf-8").read().splitlines()
+test = open(f"{work}/split/test.jsonl", encoding="utf-8").read().splitlines()
+rng = random.Random(42)
+sample = rng.sample(train, min(n, len(train)))
+open(f"{work}/train.jsonl", "w").write("\n".join(sample) + "\n")
+open(f"{work}/train-small.jsonl", "w").write("\n".join(sample[:n_wgpu]) + "\n")
+cmds = [json.loads(l)["cmd"].replace("\n", " ").replace("\r", " ") for l in train + test]
+rng.shuffle(cmds)
+cmds = [c for c in cmds if c.strip()]
+while len(cmds) < n_score:
+    cmds += cmds
+open(f"{work}/score.txt", "w").write("\n".join(cmds[:n_score]) + "\n")
+open(f"{work}/score-small.txt", "w").write("\n".join(cmds[:n_wgpu]) + "\n")
+EOF
+
+load() { cut -d' ' -f1 /proc/loadavg; }
+ROWS=()
+
+# One Burn row: train 1 epoch, classify, read both rates.
+burn_row() {
+  local device=$1 train=$2 score=$3 out="$WORK/run-$1"
+  rm -rf "$out"
+  local l1; l1=$(load)
+  local train_rate="timed out (${STEP_TIMEOUT} s)" score_rate="-"
+  if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" --seed 1 train-classifier \
+      --train "$train" --config "$CONFIG" --epochs 1 --out "$out" >/dev/null 2>"$WORK/train-$device.log"; then
+    train_rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["training"]["lines_per_sec"][0]))' "$out/config.json")
+    score_rate="timed out (${STEP_TIMEOUT} s)"
+    if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" classify --model "$out" "$score" \
+        -o "$WORK/scores-$device.jsonl" 2>"$WORK/classify-$device.log"; then
+      score_rate=$(grep -o '([0-9]* lines/s)' "$WORK/classify-$device.log" | tr -dc 0-9)
+    fi
+  fi
+  ROWS+=("burn $device|$(wc -l <"$train") lines|$train_rate|$(wc -l <"$score") lines|$score_rate|$l1 / $(load)")
+  echo "burn $device: train $train_rate lines/s, classify $score_rate lines/s" >&2
+}
+
+burn_row flex "$WORK/train.jsonl" "$WORK/score.txt"
+if [[ -z "${SKIP_WGPU_CPU:-}" ]]; then
+  burn_row wgpu-cpu "$WORK/train-small.jsonl" "$WORK/score-small.txt"
+fi
+if [[ -z "${SKIP_TORCH:-}" ]]; then
+  l1=$(load)
+  json=$(python3 "$HERE/torch_classifier_reference.py" --train "$WORK/train.jsonl" \
+      --score "$WORK/score.txt" --config "$CONFIG" --threads "$THREADS")
+  read -r tr sr < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["train_lines_per_sec"]), round(d["score_lines_per_sec"]))' "$json")
+  ROWS+=("pytorch $(python3 -c 'import torch; print(torch.__version__)') cpu|$(wc -l <"$WORK/train.jsonl") lines|$tr|$(wc -l <"$WORK/score.txt") lines|$sr|$l1 / $(load)")
+  echo "pytorch: train $tr lines/s, classify $sr lines/s" >&2
+fi
+
+# --- table --------------------------------------------------------------------------------
+echo
+echo "classifier benchmark: commit $COMMIT, $(date -u +%Y-%m-%dT%H:%MZ), $THREADS threads, $(nproc) cores,"
+echo "config $(basename "$CONFIG") (1 epoch); load average before / after each row"
+echo
+echo "| implementation | trained on | train lines/s | classified | classify lines/s | vs PyTorch (train, classify) | load |"
+echo "|---|---|---|---|---|---|---|"
+torch_tr=""; torch_sr=""
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r name _ tr _ sr _ <<<"$r"
+  [[ $name == pytorch* ]] && torch_tr=$tr && torch_sr=$sr
+done
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r name tl tr sl sr ld <<<"$r"
+  ratio="-"
+  if [[ -n $torch_tr && $name != pytorch* ]]; then
+    ratio=$(python3 -c "import sys
+f = lambda a, b: f'{float(a) / float(b):.2f}x' if a.isdigit() else '-'
+print(f(sys.argv[1], sys.argv[2]) + ', ' + f(sys.argv[3], sys.argv[4]))" "$tr" "$torch_tr" "$sr" "$torch_sr")
+  fi
+  echo "| $name | $tl | $tr | $sl | $sr | $ratio | $ld |"
+done

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""PyTorch reference of longtail's CNN classifier, for the throughput benchmark only
+(scripts/bench_classifier.sh). The same network and procedure as src/classify:
+
+  byte tokens (256 = padding) -> Embedding(257, E) -> Conv1d(E, F, k) for each width k ->
+  ReLU -> max over the windows that start inside the line -> dropout -> Linear(F*W, 1);
+  weighted BCE on logits (malicious weight = benign lines / malicious lines), AdamW with
+  warmup + cosine decay, gradient-norm clipping, batches bucketed by length (lengths rounded
+  up to a multiple of 8, at most max_batch lines and batch_tokens padded positions).
+
+Timing definitions match the Rust side: training lines/s = lines of one epoch / time of the
+optimisation loop (no validation, no data loading); scoring lines/s = lines / time to
+tokenize, batch and score them (batches of up to 1024 lines and 32768 positions).
+
+Usage: python3 scripts/torch_classifier_reference.py --train TRAIN.jsonl --score LINES.txt
+           --config configs/classifier.toml [--threads N] [--epochs 1]
+Prints one JSON object: train_lines_per_sec, score_lines_per_sec, lines, threads.
+"""
+import argparse
+import json
+import math
+import random
+import time
+import tomllib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD = 256
+
+
+class Cnn(nn.Module):
+    def __init__(self, embed_dim, filters, widths, dropout):
+        super().__init__()
+        self.embed = nn.Embedding(257, embed_dim)
+        nn.init.normal_(self.embed.weight, 0.0, 0.1)
+        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, filters, k) for k in widths)
+        self.widths = widths
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(filters * len(widths), 1)
+
+    def forward(self, tokens, lens):
+        b, length = tokens.shape
+        x = self.embed(tokens).transpose(1, 2)  # [b, E, L]
+        pooled = []
+        for conv, k in zip(self.convs, self.widths):
+            y = F.relu(conv(x))  # [b, F, L - k + 1]
+            limit = (lens - (k - 1)).clamp(min=1).unsqueeze(1)
+            keep = (torch.arange(length - k + 1).unsqueeze(0) < limit).to(y.dtype).unsqueeze(1)
+            pooled.append((y * keep).amax(dim=2))
+        return self.head(self.dropout(torch.cat(pooled, 1))).squeeze(1)
+
+
+def clip(data, max_len):
+    if len(data) <= max_len:
+        return data
+    head = max_len // 2
+    return data[:head] + data[len(data) - (max_len - head):]
+
+
+def batch_len(n, widths):
+    return max(max(n, 1) + (-max(n, 1)) % 8, max(widths))
+
+
+def buckets(lens, max_batch, batch_tokens):
+    order = sorted(range(len(lens)), key=lambda i: (lens[i], i))
+    out, cur = [], []
+    for i in order:
+        if cur and ((len(cur) + 1) * lens[i] > batch_tokens or len(cur) >= max_batch):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def make_batch(rows, widths):
+    length = batch_len(max(len(r) for r in rows), widths)
+    tokens = torch.full((len(rows), length), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+    return tokens, torch.tensor([len(r) for r in rows], dtype=torch.long)
+
+
+def lr_at(peak, warmup_fraction, step, total):
+    warmup = max(round(warmup_fraction * total), 1)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    floor = 0.05 * peak
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", required=True, help="JSONL with cmd, label (benign/malicious)")
+    ap.add_argument("--score", required=True, help="text file, one line to score per line")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=1)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(1)
+    torch.manual_seed(1)
+    cfg = tomllib.load(open(args.config, "rb"))
+    m, o, t = cfg.get("model", {}), cfg.get("optim", {}), cfg.get("training", {})
+    if m.get("tokenizer", "bytes") != "bytes":
+        raise SystemExit("the PyTorch reference implements byte tokens only")
+    widths, max_len = m.get("widths", [2, 3, 4, 5]), m.get("max_len", 256)
+    model = Cnn(m.get("embed_dim", 32), m.get("filters", 64), widths, m.get("dropout", 0.2))
+
+    rows, targets = [], []
+    with open(args.train, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("label") in ("benign", "malicious"):
+                rows.append(clip(r["cmd"].encode("utf-8"), max_len))
+                targets.append(1.0 if r["label"] == "malicious" else 0.0)
+    # The Rust run trains on 1 - val_fraction of the lines; train on as many here.
+    n_train = round(len(rows) * (1 - t.get("val_fraction", 0.1)))
+    idx = list(range(len(rows)))
+    random.Random(1).shuffle(idx)
+    idx = idx[:n_train]
+    mal = sum(targets[i] for i in idx)
+    pos_weight = (len(idx) - mal) / max(mal, 1)
+    weights = [pos_weight if targets[i] else 1.0 for i in range(len(rows))]
+    mean_w = sum(weights[i] for i in idx) / len(idx)
+    max_batch, batch_tokens = t.get("max_batch", 64), t.get("batch_tokens", 8192)
+    lens = [batch_len(len(rows[i]), widths) for i in idx]
+    groups = [[idx[g] for g in grp] for grp in buckets(lens, max_batch, batch_tokens)]
+    opt = torch.optim.AdamW(model.parameters(), lr=o.get("lr", 0.01), weight_decay=o.get("weight_decay", 0.01))
+    total = len(groups) * args.epochs
+    step, lines, secs = 0, 0, 0.0
+    model.train()
+    for epoch in range(args.epochs):
+        random.Random(epoch).shuffle(groups)
+        batches = []
+        for grp in groups:
+            tok, ln = make_batch([rows[i] for i in grp], widths)
+            batches.append((tok, ln, torch.tensor([targets[i] for i in grp]), torch.tensor([weights[i] for i in grp])))
+        start = time.perf_counter()
+        for tok, ln, y, w in batches:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(o.get("lr", 0.01), o.get("warmup_fraction", 0.05), step, total)
+            z = model(tok, ln)
+            loss = (F.binary_cross_entropy_with_logits(z, y, reduction="none") * w).sum() / (len(y) * mean_w)
+            opt.zero_grad()
+            loss.backward()
+            if o.get("grad_clip", 1.0) > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), o.get("grad_clip", 1.0))
+            opt.step()
+            step += 1
+            lines += len(y)
+        secs += time.perf_counter() - start
+
+    score_lines = [l.rstrip("\n") for l in open(args.score, encoding="utf-8") if l.strip()]
+    model.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        clipped = [clip(l.encode("utf-8"), max_len) for l in score_lines]
+        slens = [batch_len(len(c), widths) for c in clipped]
+        out = [0.0] * len(clipped)
+        for grp in buckets(slens, 1024, 32768):
+            tok, ln = make_batch([clipped[i] for i in grp], widths)
+            s = torch.sigmoid(model(tok, ln)).tolist()
+            for i, v in zip(grp, s):
+                out[i] = v
+    score_secs = time.perf_counter() - start
+    print(json.dumps({
+        "train_lines_per_sec": lines / secs,
+        "score_lines_per_sec": len(score_lines) / score_secs,
+        "lines": lines,
+        "scored": len(score_lines),
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
