@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# The main job on the bundled sample (data/sample, MIT-licensed public command lines):
-# set up, then ingest -> train the detectors -> score -> select labeling candidates -> label them.
+# The main job on the bundled sample (data/sample, MIT-licensed public command lines): set up,
+# then run the whole experiment of configs/demo.toml: build the datasets -> train the detectors
+# on the unlabeled stream -> score -> select the top anomalies -> label them -> train the
+# baseline and the augmented classifiers (plus a random-selection control and an upper bound)
+# -> evaluate on a hard and an easy test -> report.
 # Labels come from the ORACLE labeler (the sample's known labels), so no LLM server is needed;
-# see docs/labeler.md to label with a local LLM instead. Everything lands in runs/demo/
-# (override with OUT=...). About three minutes on 2 CPU cores after the first build.
+# configs/demo-llm.toml labels with a local LLM instead (run scripts/setup_llm.sh first).
+# Everything lands in runs/demo/ (override with OUT=...); the report is runs/demo/report/report.md.
+# About four minutes on 2 CPU cores after the first build; a rerun reuses finished stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bin=${CARGO_TARGET_DIR:-target}/release/longtail
 out=${OUT:-runs/demo}
-mkdir -p "$out"
 set -x
-"$bin" ingest data/sample/*.jsonl -o "$out/lines.parquet"
-"$bin" train-detector --input "$out/lines.parquet" --config configs/detector.toml --epochs 2 --out "$out/detector"
-"$bin" score --model "$out/detector" --input "$out/lines.parquet" --detector combined --out "$out/scores.parquet"
-"$bin" select --input "$out/scores.parquet" --top-k 100 --out "$out/candidates.parquet"
-"$bin" label "$out/candidates.parquet" --labeler "oracle:$out/lines.parquet" -o "$out/labels.parquet" 2>&1 \
-  | { grep -v "the oracle file has no benign/malicious label" >&2 || true; }   # otrf lines are unlabeled
+"$bin" run --config configs/demo.toml --out "$out"
 set +x
-echo "demo: done. Benign anomalies for augmentation: $out/labels.benign.parquet; for review: $out/labels.review.parquet" >&2
+echo "demo: done. Report: $out/report/report.md; benign anomalies per arm: $out/seed-*/oracle/*/labels/augment.parquet" >&2

@@ -3,7 +3,7 @@
 //!
 //! The pipeline, one module a stage: [`ingest`] (read telemetry, dedup) -> [`detect`]
 //! (score anomalies) -> [`select`] (top-K after near-dup dedup) -> [`label`] (LLM verdicts)
-//! -> classifier training and evaluation. Shared plumbing: [`table`] (Parquet I/O),
+//! -> classifier training and evaluation; [`experiment`] runs them all as one measured experiment. Shared plumbing: [`table`] (Parquet I/O),
 //! [`device`] (Burn device choice), [`progress`], [`error`].
 
 pub mod classify;
@@ -11,6 +11,7 @@ pub mod detect;
 pub mod device;
 pub mod error;
 pub mod evaluate;
+pub mod experiment;
 pub mod ingest;
 pub mod label;
 pub mod progress;

@@ -1,8 +1,8 @@
 //! The `longtail` command: a thin clap front over the library's stages.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use longtail::device::DeviceChoice;
-use longtail::{Globals, classify, detect, ingest, label, select};
+use longtail::{Globals, classify, detect, experiment, ingest, label, select};
 use std::process::ExitCode;
 
 /// Turn anomaly detection into benign training data for command-line classifiers.
@@ -63,15 +63,9 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Export a classifier (weights, config, threshold, model card) for downstream use.
     Export(classify::ExportArgs),
-    /// Run the whole pipeline from a config (not yet available: issue 6).
-    Run(Pending),
-}
-
-/// Arguments of a stage that is not built yet.
-#[derive(Args)]
-struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    /// Run the whole experiment from one config: datasets -> detector -> select -> label ->
+    /// baseline and augmented classifiers (with a random-selection control) -> report.
+    Run(experiment::RunArgs),
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -108,7 +102,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => classify::evaluate_cli(a, &globals),
         Command::Classify(a) => classify::classify_cli(a, &globals),
         Command::Export(a) => classify::export_cli(a, &globals),
-        Command::Run(_) => pending("run", 6),
+        Command::Run(a) => experiment::run(a, &globals),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,12 +111,4 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
-}
-
-fn pending(stage: &str, issue: u32) -> longtail::Result<()> {
-    Err(longtail::Error::input(format!(
-        "`longtail {stage}` is not implemented yet (tracked in issue {issue}); \
-         the stages available now are ingest, train-detector, score, select, label, \
-         train-classifier, classify, evaluate and export"
-    )))
 }

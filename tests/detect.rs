@@ -186,7 +186,10 @@ fn check_odd_fragment(objective: Objective) {
     let line = format!("{prefix}{odd} {prefix}");
     assert!(line.len() > 3 * 64);
     let scores = detector
-        .score(&[line.clone()], &opts(DetectorKind::Autoencoder))
+        .score(
+            std::slice::from_ref(&line),
+            &opts(DetectorKind::Autoencoder),
+        )
         .unwrap();
     let s = &scores.autoencoder.unwrap()[0];
     let worst = &s.surprises[0];

@@ -165,8 +165,8 @@ mod tests {
             for c in &chunks {
                 assert!(c.end - c.start <= 128);
                 assert!(c.start <= c.own_from && c.own_to <= c.end, "{c:?}");
-                for p in c.own_from..c.own_to {
-                    owned[p] += 1;
+                for n in &mut owned[c.own_from..c.own_to] {
+                    *n += 1;
                 }
             }
             assert!(owned.iter().all(|&n| n == 1), "len {len}");

@@ -110,7 +110,6 @@ pub fn load_lines(inputs: &[PathBuf]) -> Result<(Vec<String>, Vec<u64>)> {
             })?;
         }
     }
-    drop(add);
     if lines.is_empty() {
         return Err(Error::input("the input has no command lines"));
     }

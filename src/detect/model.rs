@@ -83,7 +83,7 @@ impl AutoencoderConfig {
 
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::input(format!("detector config: {m}")));
-        if self.d_model == 0 || self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.d_model == 0 || self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return bad("d_model must be a positive multiple of n_heads");
         }
         if self.max_len < 16 || self.chunk_overlap >= self.max_len / 2 {

@@ -1,0 +1,643 @@
+//! Building the experiment's datasets from labeled corpora (JSONL with `cmd`, `label`,
+//! `source`, optional `technique`), with roles set in the config:
+//!
+//! - `common`: frequent, simple benign lines: the baseline's benign class, the easy test, and
+//!   the head of the unlabeled stream (heavy-tailed counts);
+//! - `tail`: rare, complex benign lines: the stream's long tail and the hard test's benign side;
+//! - `attack`: malicious lines; some groups (techniques) are "seen" (baseline training and the
+//!   easy test), the others "unseen" (the hard test, and a small share of the stream);
+//! - `attack_unseen`: malicious sources the baseline never sees (hard test and stream only);
+//! - `background`: lines without a known label (telemetry captured during attack
+//!   simulations): stream only. Rows labeled `unknown` in any source are background too.
+//!
+//! Splits are by group so that nothing near-identical crosses train and test: lines are first
+//! joined into near-duplicate clusters (MinHash, exact duplicates included), and clusters are
+//! joined into coarse groups by a per-source key (the script a line came from, its ATT&CK
+//! technique). "Easy" splits (baseline train vs easy test) go by cluster, "hard" splits (seen vs
+//! unseen technique, stream vs hard test for rare benign scripts) by coarse group. A test line
+//! whose cluster still holds a training or stream line (possible only across roles) is dropped.
+
+use crate::error::{Context, Error, Result};
+use crate::ingest::minhash::{MinHashConfig, near_duplicate_clusters};
+use crate::ingest::read::{ReadOptions, for_each_record_ref};
+use crate::table;
+use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use rand::prelude::*;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// What a source contributes to the experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Common,
+    Tail,
+    Attack,
+    AttackUnseen,
+    Background,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Common => "common",
+            Role::Tail => "tail",
+            Role::Attack => "attack",
+            Role::AttackUnseen => "attack_unseen",
+            Role::Background => "background",
+        }
+    }
+}
+
+/// The key that keeps related lines of a source on one side of a "hard" split.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// Near-duplicate clusters only.
+    #[default]
+    Cluster,
+    /// The record's `source` field (e.g. the script or documentation page it came from).
+    Source,
+    /// The record's `technique` field (ATT&CK id); rows without one fall back to `source`.
+    Technique,
+}
+
+/// One input file and its role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// File name inside `data.dir` (JSONL, Parquet, CSV; compressed is fine).
+    pub file: String,
+    pub role: Role,
+    #[serde(default)]
+    pub group_by: GroupBy,
+    /// Keep at most this many unique lines of the file (a seeded sample); for small configs.
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+}
+
+/// How the datasets are drawn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Folder holding the source files; relative paths are taken from the current directory.
+    pub dir: PathBuf,
+    /// Sources in priority order: a command found in several files takes the role of the first.
+    pub sources: Vec<SourceSpec>,
+    /// Seed of every split and sample (fixed across the experiment's seeds, so that all arms
+    /// and seeds are measured on the same test sets).
+    pub seed: u64,
+    /// Estimated Jaccard similarity above which two lines are one near-duplicate cluster.
+    pub near_dup_threshold: f64,
+    /// Share of common clusters, and of seen-attack clusters, held out as the easy test.
+    pub easy_test_fraction: f64,
+    /// Share of `attack` groups (techniques) that the baseline never sees.
+    pub unseen_attack_fraction: f64,
+    /// Share of unseen malicious clusters that go to the hard test (the rest may enter the stream).
+    pub hard_attack_fraction: f64,
+    /// Share of tail groups (scripts) held out as the hard test's benign side; the rest is the
+    /// stream's long tail.
+    pub hard_tail_fraction: f64,
+    /// Unique common lines in the stream's head, drawn from the baseline's benign lines.
+    pub stream_common_lines: usize,
+    /// Count of the most frequent stream line; the k-th most frequent gets max / k^zipf.
+    pub stream_max_count: u64,
+    pub stream_zipf_exponent: f64,
+    /// At most this share of the stream's unique lines is malicious.
+    pub stream_malicious_share: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dir: PathBuf::from("data/sample"),
+            sources: Vec::new(),
+            seed: 7,
+            near_dup_threshold: 0.8,
+            easy_test_fraction: 0.15,
+            unseen_attack_fraction: 0.3,
+            hard_attack_fraction: 0.7,
+            hard_tail_fraction: 0.5,
+            stream_common_lines: 2000,
+            stream_max_count: 10_000,
+            stream_zipf_exponent: 1.0,
+            stream_malicious_share: 0.03,
+        }
+    }
+}
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::input(format!("[data] {m}")));
+        if self.sources.is_empty() {
+            return bad("no sources: add [[data.sources]] entries with `file` and `role`".into());
+        }
+        for (name, v) in [
+            ("near_dup_threshold", self.near_dup_threshold),
+            ("easy_test_fraction", self.easy_test_fraction),
+            ("unseen_attack_fraction", self.unseen_attack_fraction),
+            ("hard_attack_fraction", self.hard_attack_fraction),
+            ("hard_tail_fraction", self.hard_tail_fraction),
+            ("stream_malicious_share", self.stream_malicious_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(format!("{name} must be in [0, 1], got {v}"));
+            }
+        }
+        if self.stream_max_count == 0
+            || self.stream_zipf_exponent.is_nan()
+            || self.stream_zipf_exponent < 0.0
+        {
+            return bad("stream_max_count must be >= 1 and stream_zipf_exponent >= 0".into());
+        }
+        Ok(())
+    }
+
+    fn source_path(&self, spec: &SourceSpec) -> PathBuf {
+        self.dir.join(&spec.file)
+    }
+
+    /// A digest of the source files' bytes: a stage key that changes when the data does.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut digest = Vec::new();
+        for spec in &self.sources {
+            let path = self.source_path(spec);
+            let bytes = std::fs::read(&path).input_ctx(|| {
+                format!(
+                    "cannot read {} (data.dir is taken from the current directory; run from the \
+                     repository root or give an absolute path)",
+                    path.display()
+                )
+            })?;
+            digest.push(format!(
+                "{}:{:016x}",
+                spec.file,
+                xxh3_64_with_seed(&bytes, 0)
+            ));
+        }
+        Ok(digest.join(","))
+    }
+}
+
+/// Where a line ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    BaselineTrain,
+    EasyTest,
+    HardTest,
+    Stream,
+    /// Left out: over a cap, or a test line near-identical to a training line.
+    Unused,
+}
+
+/// One unique line of the experiment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    pub cmd: String,
+    /// `benign`, `malicious` or `unknown`.
+    pub label: String,
+    /// The file stem it came from (e.g. `runner_images`).
+    pub source: String,
+    /// The record's own `source` field (e.g. `actions/runner-images:images/...ps1`).
+    pub origin: String,
+    pub role: Role,
+    pub split: Split,
+    /// Occurrences in the unlabeled stream (0 outside it).
+    pub count: u64,
+}
+
+/// Counts of what was built, by split, role and label; `data/summary.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DataSummary {
+    pub records_read: u64,
+    pub unique_lines: usize,
+    pub label_conflicts: usize,
+    pub near_dup_clusters: usize,
+    pub coarse_groups: usize,
+    /// Test lines dropped because their near-duplicate cluster also has a training/stream line.
+    pub test_lines_dropped_for_leakage: usize,
+    /// `split -> "role/label" -> unique lines`.
+    pub lines: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Sum of stream counts.
+    pub stream_occurrences: u64,
+}
+
+/// The built datasets: every unique line with its split.
+pub struct Datasets {
+    pub lines: Vec<Line>,
+    pub summary: DataSummary,
+}
+
+/// File names inside the data stage's directory.
+pub const BASELINE: &str = "baseline.parquet";
+pub const STREAM: &str = "stream.parquet";
+pub const TRUTH: &str = "stream_truth.parquet";
+pub const HARD_TEST: &str = "test_hard.parquet";
+pub const EASY_TEST: &str = "test_easy.parquet";
+
+struct Raw {
+    cmd: String,
+    label: String,
+    source: String,
+    origin: String,
+    technique: Option<String>,
+    role: Role,
+    group_by: GroupBy,
+}
+
+fn unit(seed: u64, key: &str) -> f64 {
+    (xxh3_64_with_seed(key.as_bytes(), seed) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn find(parent: &mut [usize], mut x: usize) -> usize {
+    while parent[x] != x {
+        parent[x] = parent[parent[x]];
+        x = parent[x];
+    }
+    x
+}
+
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    if ra != rb {
+        parent[ra.max(rb)] = ra.min(rb);
+    }
+}
+
+/// Read the sources and assign every unique line to a split.
+pub fn build(cfg: &DataConfig) -> Result<Datasets> {
+    cfg.validate()?;
+    let mut summary = DataSummary::default();
+    let mut raws: Vec<Raw> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut conflicted: Vec<bool> = Vec::new();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    for spec in &cfg.sources {
+        let path = cfg.source_path(spec);
+        if !path.exists() {
+            return Err(Error::input(format!(
+                "data source {} does not exist (data.dir = {:?}, taken from the current \
+                 directory; run from the repository root or fix [data] dir / [[data.sources]] file)",
+                path.display(),
+                cfg.dir
+            )));
+        }
+        let stem = spec
+            .file
+            .split('.')
+            .next()
+            .unwrap_or(&spec.file)
+            .to_string();
+        let opts = ReadOptions {
+            keep_extra: true,
+            progress: false,
+            ..Default::default()
+        };
+        let mut rows: Vec<Raw> = Vec::new();
+        let mut seen_here: std::collections::HashSet<String> = Default::default();
+        for_each_record_ref(&[path.display().to_string()], &opts, |r| {
+            summary.records_read += 1;
+            if r.cmd.trim().is_empty() || !seen_here.insert(r.cmd.to_string()) {
+                return Ok(());
+            }
+            let field = |name: &str| {
+                r.extra
+                    .and_then(|e| e.get(name))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            let label = r.label.unwrap_or("unknown").to_ascii_lowercase();
+            let label = match label.as_str() {
+                "benign" | "malicious" => label,
+                _ => "unknown".to_string(),
+            };
+            let role = if label == "unknown" {
+                Role::Background
+            } else {
+                spec.role
+            };
+            rows.push(Raw {
+                cmd: r.cmd.to_string(),
+                origin: field("source").unwrap_or_else(|| stem.clone()),
+                technique: field("technique"),
+                label,
+                source: stem.clone(),
+                role,
+                group_by: spec.group_by,
+            });
+            Ok(())
+        })?;
+        if let Some(max) = spec.max_lines
+            && rows.len() > max
+        {
+            rows.shuffle(&mut rng);
+            rows.truncate(max);
+        }
+        for row in rows {
+            match index.get(&row.cmd) {
+                // An earlier (higher-priority) source has it; a different known label is a
+                // conflict and the line is left out.
+                Some(&i) => {
+                    let a = &raws[i].label;
+                    if a != &row.label && a != "unknown" && row.label != "unknown" {
+                        conflicted[i] = true;
+                    }
+                }
+                None => {
+                    index.insert(row.cmd.clone(), raws.len());
+                    raws.push(row);
+                    conflicted.push(false);
+                }
+            }
+        }
+    }
+    summary.label_conflicts = conflicted.iter().filter(|&&c| c).count();
+    let mut c = conflicted.iter();
+    raws.retain(|_| !*c.next().expect("same length"));
+    if raws.is_empty() {
+        return Err(Error::input("the data sources hold no command lines"));
+    }
+    summary.unique_lines = raws.len();
+
+    // Near-duplicate clusters (fine groups), then coarse groups by each source's key.
+    let texts: Vec<&str> = raws.iter().map(|r| r.cmd.as_str()).collect();
+    let cluster_ids = near_duplicate_clusters(
+        &texts,
+        &MinHashConfig {
+            threshold: cfg.near_dup_threshold,
+            seed: cfg.seed,
+            ..Default::default()
+        },
+    )?;
+    let n = raws.len();
+    let mut fine: Vec<usize> = (0..n).collect();
+    let mut first_of_cluster: HashMap<u32, usize> = HashMap::new();
+    for (i, &c) in cluster_ids.iter().enumerate() {
+        let f = *first_of_cluster.entry(c).or_insert(i);
+        union(&mut fine, f, i);
+    }
+    let mut coarse = fine.clone();
+    let mut first_of_key: HashMap<String, usize> = HashMap::new();
+    for (i, r) in raws.iter().enumerate() {
+        let key = match r.group_by {
+            GroupBy::Cluster => continue,
+            GroupBy::Source => format!("{}|{}", r.source, r.origin),
+            GroupBy::Technique => match &r.technique {
+                Some(t) => format!("technique|{t}"),
+                None => format!("{}|{}", r.source, r.origin),
+            },
+        };
+        let f = *first_of_key.entry(key).or_insert(i);
+        union(&mut coarse, f, i);
+    }
+    let fine_root: Vec<usize> = (0..n).map(|i| find(&mut fine, i)).collect();
+    let coarse_root: Vec<usize> = (0..n).map(|i| find(&mut coarse, i)).collect();
+    summary.near_dup_clusters = fine_root
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    summary.coarse_groups = coarse_root
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    // A group's position in [0, 1) comes from its root line's text: stable under reordering.
+    let u_fine: Vec<f64> = fine_root
+        .iter()
+        .map(|&r| unit(cfg.seed, &raws[r].cmd))
+        .collect();
+    let u_coarse: Vec<f64> = coarse_root
+        .iter()
+        .map(|&r| unit(cfg.seed ^ 0x9e37_79b9, &raws[r].cmd))
+        .collect();
+
+    let mut lines: Vec<Line> = raws
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let easy = u_fine[i] >= 1.0 - cfg.easy_test_fraction;
+            let split = match r.role {
+                Role::Common if easy => Split::EasyTest,
+                Role::Common => Split::BaselineTrain,
+                Role::Tail if u_coarse[i] < cfg.hard_tail_fraction => Split::HardTest,
+                Role::Tail => Split::Stream,
+                Role::Attack if u_coarse[i] >= cfg.unseen_attack_fraction => {
+                    if easy {
+                        Split::EasyTest
+                    } else {
+                        Split::BaselineTrain
+                    }
+                }
+                Role::Attack | Role::AttackUnseen => {
+                    if u_fine[i] < cfg.hard_attack_fraction {
+                        Split::HardTest
+                    } else {
+                        Split::Stream
+                    }
+                }
+                Role::Background => Split::Stream,
+            };
+            Line {
+                cmd: r.cmd,
+                label: r.label,
+                source: r.source,
+                origin: r.origin,
+                role: r.role,
+                split,
+                count: 0,
+            }
+        })
+        .collect();
+
+    // The stream: a heavy-tailed head of common lines drawn from the baseline's benign lines
+    // (a frequency-based labeling is how those got their label), the tail, the background and
+    // a capped share of unseen malicious lines.
+    let mut head: Vec<usize> = (0..n)
+        .filter(|&i| lines[i].role == Role::Common && lines[i].split == Split::BaselineTrain)
+        .collect();
+    head.shuffle(&mut rng);
+    head.truncate(cfg.stream_common_lines);
+    let mut stream_counts: HashMap<usize, u64> = HashMap::new();
+    for (rank, &i) in head.iter().enumerate() {
+        let c = (cfg.stream_max_count as f64 / ((rank + 1) as f64).powf(cfg.stream_zipf_exponent))
+            .ceil()
+            .max(1.0) as u64;
+        stream_counts.insert(i, c);
+    }
+    let others: Vec<usize> = (0..n)
+        .filter(|&i| lines[i].split == Split::Stream)
+        .collect();
+    let mut malicious: Vec<usize> = others
+        .iter()
+        .copied()
+        .filter(|&i| lines[i].label == "malicious")
+        .collect();
+    let non_malicious = head.len() + others.len() - malicious.len();
+    let share = cfg.stream_malicious_share;
+    let cap = if share >= 1.0 {
+        usize::MAX
+    } else {
+        ((share * non_malicious as f64) / (1.0 - share)).floor() as usize
+    };
+    malicious.shuffle(&mut rng);
+    for &i in malicious.iter().skip(cap) {
+        lines[i].split = Split::Unused;
+    }
+    for &i in &others {
+        if lines[i].split == Split::Stream {
+            // Rare lines: seen once or twice.
+            let c = 1 + (xxh3_64_with_seed(lines[i].cmd.as_bytes(), cfg.seed) % 2);
+            stream_counts.insert(i, c);
+        }
+    }
+    for (&i, &c) in &stream_counts {
+        lines[i].count = c;
+    }
+
+    // No test line may share a near-duplicate cluster with a line a model learns from.
+    let mut trains_on: std::collections::HashSet<usize> = Default::default();
+    for i in 0..n {
+        if lines[i].split == Split::BaselineTrain || lines[i].count > 0 {
+            trains_on.insert(fine_root[i]);
+        }
+    }
+    for i in 0..n {
+        let l = &mut lines[i];
+        if matches!(l.split, Split::EasyTest | Split::HardTest) && trains_on.contains(&fine_root[i])
+        {
+            l.split = Split::Unused;
+            summary.test_lines_dropped_for_leakage += 1;
+        }
+    }
+
+    for l in &lines {
+        let mut put = |split: &str| {
+            *summary
+                .lines
+                .entry(split.to_string())
+                .or_default()
+                .entry(format!("{}/{}", l.role.as_str(), l.label))
+                .or_default() += 1;
+        };
+        if l.count > 0 {
+            put("stream");
+            summary.stream_occurrences += l.count;
+        }
+        match l.split {
+            Split::BaselineTrain => put("baseline_train"),
+            Split::EasyTest => put("easy_test"),
+            Split::HardTest => put("hard_test"),
+            Split::Unused => put("unused"),
+            Split::Stream => {}
+        }
+    }
+    Ok(Datasets { lines, summary })
+}
+
+fn write_table(path: &Path, rows: &[&Line], with_label: bool) -> Result<u64> {
+    fn cmd(l: &Line) -> &str {
+        &l.cmd
+    }
+    fn label(l: &Line) -> &str {
+        &l.label
+    }
+    fn source(l: &Line) -> &str {
+        &l.source
+    }
+    fn origin(l: &Line) -> &str {
+        &l.origin
+    }
+    fn role(l: &Line) -> &str {
+        l.role.as_str()
+    }
+    type Column = fn(&Line) -> &str;
+    let mut wanted: Vec<(&str, Column)> = vec![("cmd", cmd)];
+    if with_label {
+        wanted.extend([
+            ("label", label as Column),
+            ("source", source),
+            ("origin", origin),
+            ("role", role),
+        ]);
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (name, f) in wanted {
+        fields.push(Field::new(name, DataType::Utf8, false));
+        columns.push(Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|l| f(l)),
+        )));
+    }
+    fields.push(Field::new("count", DataType::UInt64, false));
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        rows.iter().map(|l| l.count.max(1)),
+    )));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .runtime_ctx(|| format!("building {}", path.display()))?;
+    table::write_parquet(path, &batch)
+}
+
+impl Datasets {
+    /// Write the five tables into `dir`: the baseline and the two tests (`cmd`, `label`,
+    /// `source`, `origin`, `role`, `count`), the stream as `ingest` would give it (`cmd`,
+    /// `count`: no labels), and the stream's truth for the oracle and the analysis.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let pick =
+            |s: Split| -> Vec<&Line> { self.lines.iter().filter(|l| l.split == s).collect() };
+        let stream: Vec<&Line> = self.lines.iter().filter(|l| l.count > 0).collect();
+        write_table(&dir.join(BASELINE), &pick(Split::BaselineTrain), true)?;
+        write_table(&dir.join(HARD_TEST), &pick(Split::HardTest), true)?;
+        write_table(&dir.join(EASY_TEST), &pick(Split::EasyTest), true)?;
+        write_table(&dir.join(STREAM), &stream, false)?;
+        write_table(&dir.join(TRUTH), &stream, true)?;
+        table::write_atomic(
+            &dir.join("summary.json"),
+            serde_json::to_string_pretty(&self.summary)
+                .expect("plain data")
+                .as_bytes(),
+        )
+    }
+}
+
+/// A labeled table written by [`Datasets::write`], read back.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub cmd: Vec<String>,
+    pub label: Vec<String>,
+    pub source: Vec<String>,
+    pub role: Vec<String>,
+    pub count: Vec<u64>,
+}
+
+impl Table {
+    pub fn read(path: &Path) -> Result<Table> {
+        let mut t = Table::default();
+        for batch in table::read_parquet(path)? {
+            let get = |name: &str| -> Result<Vec<String>> {
+                Ok(table::strings(&batch, name, path)?
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect())
+            };
+            t.cmd.extend(get("cmd")?);
+            t.label.extend(get("label")?);
+            t.source.extend(get("source")?);
+            t.role.extend(get("role")?);
+            t.count.extend(
+                table::numbers(&batch, "count", path)?
+                    .into_iter()
+                    .map(|c| c as u64),
+            );
+        }
+        Ok(t)
+    }
+
+    pub fn malicious(&self) -> Vec<bool> {
+        self.label.iter().map(|l| l == "malicious").collect()
+    }
+}

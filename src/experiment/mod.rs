@@ -1,0 +1,975 @@
+//! The experiment (`longtail run --config configs/NAME.toml`): the whole method in one run
+//! directory, with every arm and seed, so that its effect is measured against a baseline and
+//! a random-selection control, not assumed.
+//!
+//! ```text
+//! data ──> baseline.parquet ─────────────────────────────────────────────┐
+//!      ├─> stream.parquet ──> detector ──> scores ──> select ──> label ──┤──> classifier ──> test scores ──> report
+//!      └─> test_hard / test_easy ────────────────────────────────────────┘
+//! ```
+//!
+//! Each box is a stage with its own directory and `stage.json` ([`stage`]): reused on rerun
+//! when its inputs and config are unchanged, resumed after a crash.
+
+pub mod datasets;
+pub mod llm_server;
+pub mod report;
+pub mod stage;
+
+use crate::classify::{self, Classifier, ClassifierConfig};
+use crate::detect::{self, DetectorConfig, DetectorKind, ScoreOptions};
+use crate::device::DeviceChoice;
+use crate::error::{Context, Error, Result};
+use crate::label::{self, LabelConfig, LabelResult, Labeler, OracleLabeler};
+use crate::{Globals, table};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datasets::{DataConfig, Table};
+use rand::prelude::*;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use stage::{Plan, Stage, key_of};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One way of building the classifier's training set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    /// The baseline labeled set alone.
+    Baseline,
+    /// + benign verdicts on the top-`budget` lines of the autoencoder's score.
+    Autoencoder,
+    /// + the same from the isolation forest.
+    Iforest,
+    /// + the same from the rank fusion of both.
+    Combined,
+    /// + the same number of stream lines chosen at random (control: does selection matter?).
+    Random,
+    /// + every stream line labeled by the oracle (an upper bound; costs |stream| labels).
+    OracleAll,
+}
+
+impl Arm {
+    pub const ALL: [Arm; 6] = [
+        Arm::Baseline,
+        Arm::Autoencoder,
+        Arm::Iforest,
+        Arm::Combined,
+        Arm::Random,
+        Arm::OracleAll,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline",
+            Arm::Autoencoder => "autoencoder",
+            Arm::Iforest => "iforest",
+            Arm::Combined => "combined",
+            Arm::Random => "random",
+            Arm::OracleAll => "oracle_all",
+        }
+    }
+
+    /// The name in reports.
+    pub fn title(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline",
+            Arm::Autoencoder => "+ autoencoder anomalies",
+            Arm::Iforest => "+ iforest anomalies",
+            Arm::Combined => "+ combined anomalies",
+            Arm::Random => "+ random lines (control)",
+            Arm::OracleAll => "+ whole stream (upper bound)",
+        }
+    }
+
+    fn detector(self) -> Option<DetectorKind> {
+        match self {
+            Arm::Autoencoder => Some(DetectorKind::Autoencoder),
+            Arm::Iforest => Some(DetectorKind::Iforest),
+            Arm::Combined => Some(DetectorKind::Combined),
+            _ => None,
+        }
+    }
+}
+
+/// Who labels the selected lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelerKind {
+    /// The stream's known labels (optionally noisy): ground truth for the experiment.
+    Oracle,
+    /// The LLM of `[label.llm]`.
+    Llm,
+}
+
+impl LabelerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelerKind::Oracle => "oracle",
+            LabelerKind::Llm => "llm",
+        }
+    }
+}
+
+/// Candidate selection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectStage {
+    /// Labels spent per arm: this many lines are sent to the labeler.
+    pub budget: usize,
+    /// One representative per near-duplicate cluster above this Jaccard similarity.
+    pub near_dup_threshold: f64,
+    /// Padded byte positions per scoring batch.
+    pub score_batch_tokens: usize,
+}
+
+impl Default for SelectStage {
+    fn default() -> Self {
+        SelectStage {
+            budget: 200,
+            near_dup_threshold: 0.8,
+            score_batch_tokens: 16_384,
+        }
+    }
+}
+
+/// A local or remote LLM for the `llm` labeler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmStage {
+    /// OpenAI-compatible base URL, e.g. `http://127.0.0.1:8080/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// A command that starts the server in the foreground (e.g. `["scripts/llm_server.sh",
+    /// "qwen", "8080"]`); started before the first LLM request, stopped at the end. Empty: the
+    /// server is already running.
+    pub launch: Vec<String>,
+    /// How long to wait for `<base_url without /v1>/health` to answer 200 after launch.
+    pub ready_timeout_s: u64,
+    /// Prompt file (default: the built-in v1 prompt).
+    pub prompt: Option<PathBuf>,
+    pub concurrency: usize,
+    /// Self-consistency samples (benign only if all agree).
+    pub samples: u32,
+    /// Per-request timeout.
+    pub timeout_s: u64,
+    pub max_answer_tokens: u32,
+}
+
+impl Default for LlmStage {
+    fn default() -> Self {
+        LlmStage {
+            base_url: "http://127.0.0.1:8080/v1".into(),
+            model: "local".into(),
+            launch: Vec::new(),
+            ready_timeout_s: 300,
+            prompt: None,
+            concurrency: 1,
+            samples: 1,
+            timeout_s: 300,
+            max_answer_tokens: 512,
+        }
+    }
+}
+
+/// Labeling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelStage {
+    pub labelers: Vec<LabelerKind>,
+    /// Oracle noise: precision of its benign / malicious verdicts (1 = exact).
+    pub oracle_benign_precision: Option<f64>,
+    pub oracle_malicious_precision: Option<f64>,
+    pub llm: Option<LlmStage>,
+}
+
+impl Default for LabelStage {
+    fn default() -> Self {
+        LabelStage {
+            labelers: vec![LabelerKind::Oracle],
+            oracle_benign_precision: None,
+            oracle_malicious_precision: None,
+            llm: None,
+        }
+    }
+}
+
+/// How the augmented classifiers are trained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentMode {
+    /// From scratch on baseline + augmentation, with the baseline's seed (a clean comparison).
+    #[default]
+    Retrain,
+    /// Fine-tune the same seed's baseline model on baseline + augmentation.
+    Finetune,
+}
+
+/// `configs/NAME.toml`: the whole experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    pub name: String,
+    /// Run directory (relative to the current directory); `--out` overrides.
+    pub out: PathBuf,
+    /// One full pipeline per seed (detector, selection, classifiers); data splits stay fixed.
+    pub seeds: Vec<u64>,
+    pub arms: Vec<Arm>,
+    pub augment_mode: AugmentMode,
+    pub data: DataConfig,
+    pub detector: DetectorConfig,
+    pub select: SelectStage,
+    pub label: LabelStage,
+    pub classifier: ClassifierConfig,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig {
+            name: "experiment".into(),
+            out: PathBuf::from("runs/experiment"),
+            seeds: vec![1],
+            arms: Arm::ALL.to_vec(),
+            augment_mode: AugmentMode::Retrain,
+            data: DataConfig::default(),
+            detector: DetectorConfig::default(),
+            select: SelectStage::default(),
+            label: LabelStage::default(),
+            classifier: ClassifierConfig::default(),
+        }
+    }
+}
+
+impl ExperimentConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .input_ctx(|| format!("cannot read the experiment config {}", path.display()))?;
+        let cfg: ExperimentConfig = toml::from_str(&text)
+            .input_ctx(|| format!("invalid experiment config {}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.data.validate()?;
+        self.classifier.validate()?;
+        if self.seeds.is_empty() {
+            return Err(Error::input(
+                "seeds is empty: give at least one, e.g. seeds = [1]",
+            ));
+        }
+        if !self.arms.contains(&Arm::Baseline) {
+            return Err(Error::input(
+                "arms must include \"baseline\": every other arm is measured against it",
+            ));
+        }
+        if self.select.budget == 0 {
+            return Err(Error::input("[select] budget must be at least 1"));
+        }
+        if self.label.labelers.is_empty() {
+            return Err(Error::input("[label] labelers is empty: use [\"oracle\"]"));
+        }
+        if self.label.labelers.contains(&LabelerKind::Llm) && self.label.llm.is_none() {
+            return Err(Error::input(
+                "[label] labelers has \"llm\" but there is no [label.llm] section with base_url and model",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `longtail run`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  longtail run --config configs/demo.toml                # the README's main job (CPU, minutes)
+  longtail run --config configs/full.toml --device wgpu  # all the shared data, on a GPU
+  longtail run --config configs/demo.toml --out /tmp/x   # another run directory
+
+Stages already finished with the same inputs and config are reused, so a rerun after a crash
+or after changing only the classifier's config redoes only what changed. The report is in
+RUN_DIR/report/report.md.")]
+pub struct RunArgs {
+    /// The experiment config (TOML): data roles, detector, budget, labelers, classifier, seeds.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Run directory (default: the config's `out`).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Only build the datasets and print their summary (a quick check of a new config).
+    #[arg(long)]
+    pub data_only: bool,
+}
+
+/// What one arm of one seed produced, for the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArmOutcome {
+    pub seed: u64,
+    pub arm: Arm,
+    /// `None` for the baseline (no labels).
+    pub labeler: Option<LabelerKind>,
+    pub labels: Option<LabelSummary>,
+    pub hard_scores: Vec<f64>,
+    pub easy_scores: Vec<f64>,
+    /// The classifier's stored threshold (validation FPR target).
+    pub threshold: f64,
+    pub classifier_dir: PathBuf,
+}
+
+/// Labels spent and what they bought.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LabelSummary {
+    /// Lines sent to the labeler.
+    pub spent: usize,
+    pub benign: usize,
+    pub malicious: usize,
+    /// Unparsed answers, errors and lines the labeler could not judge (unknown truth).
+    pub no_verdict: usize,
+    /// Lines flagged (injection, disagreement): never used.
+    pub flagged: usize,
+    /// Benign lines added to the training set.
+    pub augmented: usize,
+    /// Of those, lines not already in the baseline (the others change nothing).
+    #[serde(default)]
+    pub augmented_new: usize,
+    /// Of the augmented lines, how many are truly benign / truly malicious / unknown.
+    pub augmented_truly_benign: usize,
+    pub augmented_truly_malicious: usize,
+    /// Selected lines by their role in the stream (`common`, `tail`, ...).
+    pub selected_by_role: std::collections::BTreeMap<String, usize>,
+}
+
+/// Run the experiment.
+pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
+    let cfg = ExperimentConfig::from_toml_file(&args.config)?;
+    let out = args.out.clone().unwrap_or_else(|| cfg.out.clone());
+    std::fs::create_dir_all(&out)
+        .runtime_ctx(|| format!("cannot create the run directory {}", out.display()))?;
+    table::write_atomic(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&cfg)
+            .expect("plain data")
+            .as_bytes(),
+    )?;
+    let mut ctx = Runner {
+        cfg: &cfg,
+        out: out.clone(),
+        globals: globals.clone(),
+        llm: None,
+        baseline: Default::default(),
+    };
+    let data = ctx.data_stage()?;
+    if args.data_only {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&data.summary).expect("plain data")
+        );
+        return Ok(());
+    }
+    // Probe the device once, not once per stage.
+    if globals.device == DeviceChoice::Auto {
+        let chosen = crate::device::resolve(DeviceChoice::Auto)?;
+        ctx.globals.device = if chosen.name.starts_with("wgpu") {
+            DeviceChoice::Wgpu
+        } else {
+            DeviceChoice::Flex
+        };
+    }
+    ctx.baseline = Table::read(&data.dir.join(datasets::BASELINE))?
+        .cmd
+        .into_iter()
+        .collect();
+    let hard = Table::read(&data.dir.join(datasets::HARD_TEST))?;
+    let easy = Table::read(&data.dir.join(datasets::EASY_TEST))?;
+    let mut outcomes = Vec::new();
+    let mut written = PathBuf::new();
+    for (i, &seed) in cfg.seeds.iter().enumerate() {
+        outcomes.extend(ctx.seed(seed, &data)?);
+        // A report after every seed: a long run shows its first results early.
+        written = report::write(
+            &out.join("report"),
+            &cfg,
+            &args.config,
+            &data,
+            &hard,
+            &easy,
+            &outcomes,
+        )?;
+        tracing::info!(
+            "seed {seed} done ({}/{} seeds); report so far: {}",
+            i + 1,
+            cfg.seeds.len(),
+            written.display()
+        );
+    }
+    drop(ctx.llm.take());
+    eprintln!("report: {}", written.display());
+    Ok(())
+}
+
+/// The data stage's outputs.
+pub struct DataOutputs {
+    pub dir: PathBuf,
+    pub key: String,
+    pub summary: datasets::DataSummary,
+}
+
+struct Runner<'a> {
+    cfg: &'a ExperimentConfig,
+    out: PathBuf,
+    globals: Globals,
+    llm: Option<llm_server::LlmServer>,
+    /// The baseline's lines: augmentation lines already there add nothing new.
+    baseline: std::collections::HashSet<String>,
+}
+
+impl Runner<'_> {
+    fn data_stage(&mut self) -> Result<DataOutputs> {
+        let key = key_of(&("data/1", &self.cfg.data, self.cfg.data.fingerprint()?));
+        let mut stage = Stage::new("datasets", self.out.join("data"), key.clone());
+        let summary = if stage.begin()? == Plan::Reuse {
+            serde_json::from_value(stage.summary()).runtime_ctx(|| {
+                format!(
+                    "{}/stage.json has no data summary; delete the folder",
+                    stage.dir.display()
+                )
+            })?
+        } else {
+            let built = datasets::build(&self.cfg.data)?;
+            built.write(&stage.dir)?;
+            let summary = built.summary;
+            stage.finish(serde_json::to_value(&summary).expect("plain data"))?;
+            summary
+        };
+        tracing::info!(
+            "datasets: {} unique lines; {}",
+            summary.unique_lines,
+            summary
+                .lines
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v.values().sum::<usize>()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(DataOutputs {
+            dir: stage.dir,
+            key,
+            summary,
+        })
+    }
+
+    fn seed(&mut self, seed: u64, data: &DataOutputs) -> Result<Vec<ArmOutcome>> {
+        let cfg = self.cfg;
+        let globals = Globals {
+            device: self.globals.device,
+            seed,
+        };
+        let seed_dir = self.out.join(format!("seed-{seed}"));
+        let mut outcomes = Vec::new();
+        let baseline_dir = seed_dir.join("baseline");
+        let baseline_key = key_of(&("classifier/1", &data.key, &cfg.classifier, seed));
+        outcomes.push(self.classifier_stage(
+            &baseline_dir,
+            baseline_key.clone(),
+            None,
+            None,
+            data,
+            &globals,
+            (seed, Arm::Baseline, None, None),
+        )?);
+
+        let arms: Vec<Arm> = cfg
+            .arms
+            .iter()
+            .copied()
+            .filter(|&a| a != Arm::Baseline)
+            .collect();
+        let stream = Table::read(&data.dir.join(datasets::TRUTH))?;
+        let scores = if arms.iter().any(|a| a.detector().is_some()) {
+            Some(self.detector_stages(&seed_dir, data, &stream, &globals)?)
+        } else {
+            None
+        };
+        for &labeler in &cfg.label.labelers {
+            for &arm in &arms {
+                if arm == Arm::OracleAll && labeler != LabelerKind::Oracle {
+                    continue; // labeling the whole stream is the oracle's upper bound only
+                }
+                let arm_dir = seed_dir.join(labeler.as_str()).join(arm.as_str());
+                let (augment, labels, label_key) =
+                    self.label_stage(&arm_dir, arm, labeler, seed, data, &stream, scores.as_ref())?;
+                let key = key_of(&(
+                    "classifier/1",
+                    &data.key,
+                    &cfg.classifier,
+                    seed,
+                    &label_key,
+                    cfg.augment_mode,
+                    (cfg.augment_mode == AugmentMode::Finetune).then_some(&baseline_key),
+                ));
+                let init = (cfg.augment_mode == AugmentMode::Finetune)
+                    .then(|| baseline_dir.join("classifier"));
+                outcomes.push(self.classifier_stage(
+                    &arm_dir,
+                    key,
+                    Some(&augment),
+                    init.as_deref(),
+                    data,
+                    &globals,
+                    (seed, arm, Some(labeler), Some(labels)),
+                )?);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Train the detector on the stream and score the stream; returns per-kind scores.
+    fn detector_stages(
+        &mut self,
+        seed_dir: &Path,
+        data: &DataOutputs,
+        stream: &Table,
+        globals: &Globals,
+    ) -> Result<StreamScores> {
+        let cfg = self.cfg;
+        let need_ae = cfg
+            .arms
+            .iter()
+            .any(|a| matches!(a, Arm::Autoencoder | Arm::Combined));
+        let need_if = cfg
+            .arms
+            .iter()
+            .any(|a| matches!(a, Arm::Iforest | Arm::Combined));
+        let key = key_of(&(
+            "detector/1",
+            &data.key,
+            &cfg.detector,
+            globals.seed,
+            need_ae,
+            need_if,
+        ));
+        let dir = seed_dir.join("detector");
+        let mut stage = Stage::new(
+            format!("seed {}: detector", globals.seed),
+            &dir,
+            key.clone(),
+        );
+        let plan = stage.begin()?;
+        if plan != Plan::Reuse {
+            detect::train(
+                &detect::TrainRequest {
+                    config: &cfg.detector,
+                    lines: &stream.cmd,
+                    counts: &stream.count,
+                    out: &dir,
+                    autoencoder: need_ae,
+                    iforest: need_if,
+                    resume: plan == Plan::Resume && dir.join("checkpoint").exists(),
+                    trained_on: vec![data.dir.join(datasets::STREAM).display().to_string()],
+                },
+                globals,
+            )?;
+            stage.finish(serde_json::json!({ "lines": stream.cmd.len() }))?;
+        }
+
+        let score_dir = seed_dir.join("scores");
+        let mut stage = Stage::new(
+            format!("seed {}: scores", globals.seed),
+            &score_dir,
+            key_of(&("scores/1", &key, cfg.select.score_batch_tokens)),
+        );
+        let path = score_dir.join("scores.parquet");
+        if stage.begin()? != Plan::Reuse {
+            let detector = detect::Detector::load(&dir, globals)?;
+            let kind = match (need_ae, need_if) {
+                (true, true) => DetectorKind::Combined,
+                (true, false) => DetectorKind::Autoencoder,
+                _ => DetectorKind::Iforest,
+            };
+            let scores = detector.score(
+                &stream.cmd,
+                &ScoreOptions {
+                    kind,
+                    batch_tokens: cfg.select.score_batch_tokens,
+                    top_surprises: 3,
+                },
+            )?;
+            detect::write_scores(&path, &stream.cmd, &stream.count, &scores)?;
+            stage.finish(serde_json::Value::Null)?;
+        }
+        StreamScores::read(&path, stream)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn label_stage(
+        &mut self,
+        dir: &Path,
+        arm: Arm,
+        labeler_kind: LabelerKind,
+        seed: u64,
+        data: &DataOutputs,
+        stream: &Table,
+        scores: Option<&StreamScores>,
+    ) -> Result<(PathBuf, LabelSummary, String)> {
+        let cfg = self.cfg;
+        let labeler_cfg = match labeler_kind {
+            LabelerKind::Oracle => key_of(&(
+                cfg.label.oracle_benign_precision,
+                cfg.label.oracle_malicious_precision,
+            )),
+            LabelerKind::Llm => key_of(&cfg.label.llm),
+        };
+        let selection_key = match arm.detector() {
+            Some(kind) => key_of(&(
+                kind,
+                scores.map(|s| &s.key),
+                cfg.select.budget,
+                cfg.select.near_dup_threshold,
+            )),
+            None => key_of(&(arm, cfg.select.budget, cfg.select.near_dup_threshold)),
+        };
+        let key = key_of(&(
+            "label/2",
+            &data.key,
+            seed,
+            arm,
+            labeler_kind,
+            labeler_cfg,
+            selection_key,
+        ));
+        let label_dir = dir.join("labels");
+        let mut stage = Stage::new(
+            format!(
+                "seed {seed}: {} / {} labels",
+                arm.as_str(),
+                labeler_kind.as_str()
+            ),
+            &label_dir,
+            key.clone(),
+        );
+        let augment = label_dir.join("augment.parquet");
+        if stage.begin()? == Plan::Reuse {
+            let summary = serde_json::from_value(stage.summary()).runtime_ctx(|| {
+                format!(
+                    "{}/stage.json has no label summary; delete it",
+                    label_dir.display()
+                )
+            })?;
+            return Ok((augment, summary, key));
+        }
+        let n = stream.cmd.len();
+        let selection: Vec<(usize, f64)> = match arm {
+            Arm::OracleAll => (0..n).map(|i| (i, 0.0)).collect(),
+            Arm::Random => {
+                let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
+                let random: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
+                crate::select::select_top(
+                    &stream.cmd,
+                    &random,
+                    cfg.select.budget,
+                    cfg.select.near_dup_threshold,
+                    seed,
+                )?
+                .into_iter()
+                .map(|(i, _)| (i, random[i]))
+                .collect()
+            }
+            _ => {
+                let kind = arm.detector().expect("anomaly arm");
+                let s = scores
+                    .ok_or_else(|| Error::runtime("anomaly arm without detector scores"))?
+                    .of(kind);
+                crate::select::select_top(
+                    &stream.cmd,
+                    &s,
+                    cfg.select.budget,
+                    cfg.select.near_dup_threshold,
+                    seed,
+                )?
+                .into_iter()
+                .map(|(i, _)| (i, s[i]))
+                .collect()
+            }
+        };
+        let cmds: Vec<String> = selection
+            .iter()
+            .map(|&(i, _)| stream.cmd[i].clone())
+            .collect();
+        let truth: HashMap<&str, &str> = stream
+            .cmd
+            .iter()
+            .map(String::as_str)
+            .zip(stream.label.iter().map(String::as_str))
+            .collect();
+        let labeler: Box<dyn Labeler> = match labeler_kind {
+            LabelerKind::Oracle => {
+                let known = stream
+                    .cmd
+                    .iter()
+                    .zip(&stream.label)
+                    .filter_map(|(c, l)| label::KnownLabel::parse(l).map(|k| (c.clone(), k)))
+                    .collect();
+                Box::new(OracleLabeler::from_labels(
+                    known,
+                    "stream_truth",
+                    cfg.label.oracle_benign_precision,
+                    cfg.label.oracle_malicious_precision,
+                    seed,
+                )?)
+            }
+            LabelerKind::Llm => {
+                let llm = cfg.label.llm.as_ref().expect("validated");
+                if self.llm.is_none() && !llm.launch.is_empty() {
+                    self.llm = Some(llm_server::LlmServer::start(
+                        &llm.launch,
+                        &llm.base_url,
+                        std::time::Duration::from_secs(llm.ready_timeout_s),
+                    )?);
+                }
+                let mut c = label::LlmConfig::new(&llm.base_url, &llm.model);
+                if let Some(p) = &llm.prompt {
+                    c.prompt = label::Prompt::from_file(p)?;
+                }
+                c.timeout = std::time::Duration::from_secs(llm.timeout_s);
+                c.temperature = Some(if llm.samples > 1 { 0.7 } else { 0.0 });
+                c.max_answer_tokens = Some(llm.max_answer_tokens);
+                c.seed = Some(seed);
+                Box::new(label::LlmLabeler::new(c)?)
+            }
+        };
+        let llm_cfg = cfg.label.llm.clone().unwrap_or_default();
+        let label_cfg = LabelConfig {
+            samples: if labeler_kind == LabelerKind::Llm {
+                llm_cfg.samples
+            } else {
+                1
+            },
+            concurrency: if labeler_kind == LabelerKind::Llm {
+                llm_cfg.concurrency
+            } else {
+                8
+            },
+            // The LLM's answers are shared by every arm and seed of the run: a line selected
+            // twice is asked once, and a killed run loses no answer.
+            cache: (labeler_kind == LabelerKind::Llm).then(|| self.out.join("llm-cache.jsonl")),
+            ..LabelConfig::default()
+        };
+        let results = label::label_candidates_blocking(&cmds, labeler.as_ref(), &label_cfg)?;
+        let mut summary = LabelSummary {
+            spent: cmds.len(),
+            ..Default::default()
+        };
+        for &(i, _) in &selection {
+            *summary
+                .selected_by_role
+                .entry(stream.role[i].clone())
+                .or_default() += 1;
+        }
+        let mut augment_rows: Vec<&LabelResult> = Vec::new();
+        for r in &results {
+            match r.verdict {
+                label::Verdict::Benign => summary.benign += 1,
+                label::Verdict::Malicious => summary.malicious += 1,
+                _ => summary.no_verdict += 1,
+            }
+            if r.flag.is_some() {
+                summary.flagged += 1;
+            }
+            if r.feeds_augmentation() {
+                augment_rows.push(r);
+                summary.augmented_new += !self.baseline.contains(&r.cmd) as usize;
+                match truth.get(r.cmd.as_str()).copied() {
+                    Some("benign") => summary.augmented_truly_benign += 1,
+                    Some("malicious") => summary.augmented_truly_malicious += 1,
+                    _ => {}
+                }
+            }
+        }
+        summary.augmented = augment_rows.len();
+        // The candidates with their scores and verdicts, for inspection.
+        let candidates = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("cmd", DataType::Utf8, false),
+                Field::new("score", DataType::Float64, false),
+                Field::new("truth", DataType::Utf8, false),
+                Field::new("role", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(cmds.iter())) as ArrayRef,
+                Arc::new(Float64Array::from_iter_values(
+                    selection.iter().map(|s| s.1),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    selection.iter().map(|&(i, _)| stream.label[i].as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    selection.iter().map(|&(i, _)| stream.role[i].as_str()),
+                )),
+            ],
+        )
+        .runtime_ctx(|| "building the candidates table")?;
+        table::write_parquet(
+            &label_dir.join("labels.parquet"),
+            &label::output_batch(&candidates, &results)?,
+        )?;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("cmd", DataType::Utf8, false),
+                Field::new("label", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    augment_rows.iter().map(|r| r.cmd.as_str()),
+                )) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(
+                    augment_rows.iter().map(|_| "benign"),
+                )),
+            ],
+        )
+        .runtime_ctx(|| "building the augmentation table")?;
+        table::write_parquet(&augment, &batch)?;
+        tracing::info!(
+            "seed {seed}: {} / {}: {} labels spent, {} benign added ({} new, {} truly malicious)",
+            arm.as_str(),
+            labeler_kind.as_str(),
+            summary.spent,
+            summary.augmented,
+            summary.augmented_new,
+            summary.augmented_truly_malicious
+        );
+        stage.finish(serde_json::to_value(&summary).expect("plain data"))?;
+        Ok((augment, summary, key))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn classifier_stage(
+        &mut self,
+        dir: &Path,
+        key: String,
+        augment: Option<&Path>,
+        init: Option<&Path>,
+        data: &DataOutputs,
+        globals: &Globals,
+        (seed, arm, labeler, labels): (u64, Arm, Option<LabelerKind>, Option<LabelSummary>),
+    ) -> Result<ArmOutcome> {
+        let model_dir = dir.join("classifier");
+        let mut stage = Stage::new(
+            format!(
+                "seed {seed}: {}{} classifier",
+                arm.as_str(),
+                labeler
+                    .map(|l| format!(" / {}", l.as_str()))
+                    .unwrap_or_default()
+            ),
+            &model_dir,
+            key,
+        );
+        let scores_path = model_dir.join("test_scores.json");
+        let plan = stage.begin()?;
+        if plan != Plan::Reuse {
+            let train = [data.dir.join(datasets::BASELINE)];
+            let augment: Vec<PathBuf> = augment.map(Path::to_path_buf).into_iter().collect();
+            classify::train(
+                &classify::TrainRequest {
+                    config: &self.cfg.classifier,
+                    train: &train,
+                    augment: &augment,
+                    init,
+                    out: &model_dir,
+                    resume: plan == Plan::Resume && model_dir.join("checkpoint").exists(),
+                },
+                globals,
+            )?;
+            let model = Classifier::load(&model_dir, globals)?;
+            let score = |name: &str| -> Result<Vec<f64>> {
+                let t = Table::read(&data.dir.join(name))?;
+                let lines: Vec<&str> = t.cmd.iter().map(String::as_str).collect();
+                Ok(model.score(&lines, self.cfg.classifier.training.batch_tokens, |_| {}))
+            };
+            let scores = TestScores {
+                hard: score(datasets::HARD_TEST)?,
+                easy: score(datasets::EASY_TEST)?,
+                threshold: model.threshold.threshold,
+            };
+            table::write_atomic(
+                &scores_path,
+                serde_json::to_vec(&scores).expect("plain data").as_slice(),
+            )?;
+            stage.finish(serde_json::Value::Null)?;
+        }
+        let scores: TestScores = classify::data::read_json(&scores_path, "test scores")?;
+        Ok(ArmOutcome {
+            seed,
+            arm,
+            labeler,
+            labels,
+            hard_scores: scores.hard,
+            easy_scores: scores.easy,
+            threshold: scores.threshold,
+            classifier_dir: model_dir,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TestScores {
+    hard: Vec<f64>,
+    easy: Vec<f64>,
+    threshold: f64,
+}
+
+/// The stream's anomaly scores, aligned with the stream table.
+pub struct StreamScores {
+    key: String,
+    autoencoder: Option<Vec<f64>>,
+    iforest: Option<Vec<f64>>,
+}
+
+impl StreamScores {
+    fn read(path: &Path, stream: &Table) -> Result<Self> {
+        let mut cmd = Vec::new();
+        let (mut ae, mut forest) = (Vec::new(), Vec::new());
+        for batch in table::read_parquet(path)? {
+            cmd.extend(table::strings(&batch, "cmd", path)?);
+            if table::has_column(&batch, "ae_score") {
+                ae.extend(table::numbers(&batch, "ae_score", path)?);
+            }
+            if table::has_column(&batch, "iforest_score") {
+                forest.extend(table::numbers(&batch, "iforest_score", path)?);
+            }
+        }
+        if cmd.len() != stream.cmd.len()
+            || cmd
+                .iter()
+                .zip(&stream.cmd)
+                .any(|(a, b)| a.as_deref() != Some(b))
+        {
+            return Err(Error::runtime(format!(
+                "{} does not match the stream; delete its folder and rerun",
+                path.display()
+            )));
+        }
+        let usable =
+            |v: Vec<f64>| (v.len() == cmd.len() && v.iter().all(|x| x.is_finite())).then_some(v);
+        let bytes = std::fs::read(path).runtime_ctx(|| format!("reading {}", path.display()))?;
+        Ok(StreamScores {
+            key: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+            autoencoder: usable(ae),
+            iforest: usable(forest),
+        })
+    }
+
+    /// Scores of one detector kind (combined = mean of normalised ranks).
+    fn of(&self, kind: DetectorKind) -> Vec<f64> {
+        match kind {
+            DetectorKind::Autoencoder => self.autoencoder.clone().expect("trained for this arm"),
+            DetectorKind::Iforest => self.iforest.clone().expect("trained for this arm"),
+            DetectorKind::Combined => {
+                let a = detect::normalized_ranks(self.autoencoder.as_ref().expect("trained"));
+                let f = detect::normalized_ranks(self.iforest.as_ref().expect("trained"));
+                a.iter().zip(f).map(|(x, y)| (x + y) / 2.0).collect()
+            }
+        }
+    }
+}

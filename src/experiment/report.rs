@@ -1,0 +1,492 @@
+//! The experiment's report: the source work's table (AUC on the hard and the easy test) plus
+//! what it left out (TPR at FPR 1e-3, FPR on rare benign lines, labels spent, the random
+//! control), mean and spread over seeds, ROC plots, and a conclusion drawn from the numbers.
+
+use super::datasets::Table;
+use super::{Arm, ArmOutcome, DataOutputs, ExperimentConfig, LabelerKind};
+use crate::error::Result;
+use crate::evaluate::{Report, ReportOptions, RocCurve};
+use crate::table::write_atomic;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Metrics of one classifier on one test set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestMetrics {
+    pub lines: usize,
+    pub malicious: usize,
+    pub roc_auc: f64,
+    pub tpr_at_fpr_1e3: f64,
+    /// Whether the set has the >= 1,000 benign lines that FPR 1e-3 needs to mean anything.
+    pub tpr_at_fpr_1e3_resolvable: bool,
+    pub tpr_at_fpr_1e4: f64,
+    pub tpr_at_fpr_1e4_resolvable: bool,
+    /// FPR on the set's benign lines at the threshold that catches 90% of its malicious lines.
+    pub fpr_at_tpr_090: f64,
+    /// Rates at the classifier's stored threshold (chosen on validation for a low FPR).
+    pub fpr_at_stored_threshold: Option<f64>,
+    pub tpr_at_stored_threshold: Option<f64>,
+}
+
+fn test_metrics(scores: &[f64], labels: &[bool], threshold: f64) -> Result<TestMetrics> {
+    let curve = RocCurve::new(scores, labels)?;
+    let at3 = curve.tpr_at_fpr(1e-3)?;
+    let at4 = curve.tpr_at_fpr(1e-4)?;
+    let fpr90 = curve.fpr_at_tpr(0.9)?;
+    let (mut fp, mut neg, mut tp, mut pos) = (0usize, 0usize, 0usize, 0usize);
+    for (&s, &l) in scores.iter().zip(labels) {
+        let flagged = s >= threshold;
+        if l {
+            pos += 1;
+            tp += flagged as usize;
+        } else {
+            neg += 1;
+            fp += flagged as usize;
+        }
+    }
+    Ok(TestMetrics {
+        lines: scores.len(),
+        malicious: pos,
+        roc_auc: curve.auc(),
+        tpr_at_fpr_1e3: at3.tpr,
+        tpr_at_fpr_1e3_resolvable: at3.resolvable,
+        tpr_at_fpr_1e4: at4.tpr,
+        tpr_at_fpr_1e4_resolvable: at4.resolvable,
+        fpr_at_tpr_090: fpr90.fpr,
+        fpr_at_stored_threshold: (neg > 0).then(|| fp as f64 / neg as f64),
+        tpr_at_stored_threshold: (pos > 0).then(|| tp as f64 / pos as f64),
+    })
+}
+
+/// One classifier's results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    pub seed: u64,
+    pub arm: Arm,
+    pub labeler: Option<LabelerKind>,
+    pub labels: Option<super::LabelSummary>,
+    pub hard: TestMetrics,
+    pub easy: TestMetrics,
+    pub classifier_dir: PathBuf,
+}
+
+/// Mean and sample standard deviation.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Spread {
+        let n = values.len();
+        let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+        let sd = if n > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Spread { mean, sd, n }
+    }
+
+    fn show(&self, digits: usize) -> String {
+        if self.n > 1 && self.sd > 0.0 {
+            format!("{:.d$} ± {:.d$}", self.mean, self.sd, d = digits)
+        } else {
+            format!("{:.d$}", self.mean, d = digits)
+        }
+    }
+}
+
+/// One row of the main table: an arm with one labeler, over seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArmSummary {
+    pub arm: Arm,
+    pub labeler: Option<LabelerKind>,
+    pub seeds: usize,
+    pub labels_spent: Spread,
+    pub augmented: Spread,
+    pub augmented_new: Spread,
+    pub auc_hard: Spread,
+    pub auc_easy: Spread,
+    /// Paired with the baseline of the same seed.
+    pub auc_hard_gain: Spread,
+    pub tpr_at_fpr_1e3_hard: Spread,
+    pub tpr_at_fpr_1e3_easy: Spread,
+    pub fpr_rare_benign_at_tpr_090: Spread,
+    pub fpr_rare_benign_at_stored_threshold: Spread,
+}
+
+/// `report/results.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub name: String,
+    pub command: String,
+    pub config: ExperimentConfig,
+    pub data: super::datasets::DataSummary,
+    pub runs: Vec<RunResult>,
+    pub arms: Vec<ArmSummary>,
+}
+
+fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
+    let mut keys: Vec<(Arm, Option<LabelerKind>)> =
+        runs.iter().map(|r| (r.arm, r.labeler)).collect();
+    keys.sort();
+    keys.dedup();
+    let baseline: BTreeMap<u64, f64> = runs
+        .iter()
+        .filter(|r| r.arm == Arm::Baseline)
+        .map(|r| (r.seed, r.hard.roc_auc))
+        .collect();
+    keys.into_iter()
+        .map(|(arm, labeler)| {
+            let rs: Vec<&RunResult> = runs
+                .iter()
+                .filter(|r| r.arm == arm && r.labeler == labeler)
+                .collect();
+            let s = |f: &dyn Fn(&RunResult) -> f64| {
+                Spread::of(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
+            ArmSummary {
+                arm,
+                labeler,
+                seeds: rs.len(),
+                labels_spent: s(&|r| r.labels.as_ref().map_or(0.0, |l| l.spent as f64)),
+                augmented: s(&|r| r.labels.as_ref().map_or(0.0, |l| l.augmented as f64)),
+                augmented_new: s(&|r| r.labels.as_ref().map_or(0.0, |l| l.augmented_new as f64)),
+                auc_hard: s(&|r| r.hard.roc_auc),
+                auc_easy: s(&|r| r.easy.roc_auc),
+                auc_hard_gain: s(&|r| {
+                    r.hard.roc_auc - baseline.get(&r.seed).copied().unwrap_or(f64::NAN)
+                }),
+                tpr_at_fpr_1e3_hard: s(&|r| r.hard.tpr_at_fpr_1e3),
+                tpr_at_fpr_1e3_easy: s(&|r| r.easy.tpr_at_fpr_1e3),
+                fpr_rare_benign_at_tpr_090: s(&|r| r.hard.fpr_at_tpr_090),
+                fpr_rare_benign_at_stored_threshold: s(&|r| {
+                    r.hard.fpr_at_stored_threshold.unwrap_or(f64::NAN)
+                }),
+            }
+        })
+        .collect()
+}
+
+fn name_of(arm: Arm, labeler: Option<LabelerKind>) -> String {
+    match labeler {
+        Some(LabelerKind::Llm) => format!("{} (LLM labels)", arm.title()),
+        _ => arm.title().to_string(),
+    }
+}
+
+/// Write `results.json`, `report.md` and ROC plots into `dir`; returns the Markdown path.
+pub fn write(
+    dir: &Path,
+    cfg: &ExperimentConfig,
+    config_path: &Path,
+    data: &DataOutputs,
+    hard: &Table,
+    easy: &Table,
+    outcomes: &[ArmOutcome],
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| crate::Error::runtime(format!("cannot create {}: {e}", dir.display())))?;
+    let hard_labels = hard.malicious();
+    let easy_labels = easy.malicious();
+    let mut runs = Vec::new();
+    for o in outcomes {
+        runs.push(RunResult {
+            seed: o.seed,
+            arm: o.arm,
+            labeler: o.labeler,
+            labels: o.labels.clone(),
+            hard: test_metrics(&o.hard_scores, &hard_labels, o.threshold)?,
+            easy: test_metrics(&o.easy_scores, &easy_labels, o.threshold)?,
+            classifier_dir: o.classifier_dir.clone(),
+        });
+    }
+    let arms = summarize(&runs);
+    let command = format!("longtail run --config {}", config_path.display());
+
+    // ROC plots and per-source breakdowns for the first seed, every arm on one chart.
+    let first = cfg.seeds[0];
+    let mut plots = Vec::new();
+    for (title, slug, table, labels, pick) in [
+        (
+            "hard test: rare benign lines vs malicious lines of unseen techniques",
+            "hard",
+            hard,
+            &hard_labels,
+            0,
+        ),
+        (
+            "easy test: held out like the baseline",
+            "easy",
+            easy,
+            &easy_labels,
+            1,
+        ),
+    ] {
+        let mut report = Report::new(format!("{title} (seed {first})"), ReportOptions::default());
+        for o in outcomes.iter().filter(|o| o.seed == first) {
+            let scores = if pick == 0 {
+                &o.hard_scores
+            } else {
+                &o.easy_scores
+            };
+            report.add(
+                &name_of(o.arm, o.labeler),
+                scores,
+                labels,
+                &[("source", &table.source)],
+            )?;
+        }
+        let files = report.write_all(&dir.join(slug))?;
+        plots.push((slug, files));
+    }
+
+    let results = Results {
+        name: cfg.name.clone(),
+        command: command.clone(),
+        config: cfg.clone(),
+        data: data.summary.clone(),
+        runs,
+        arms,
+    };
+    write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(&results)
+            .expect("plain data")
+            .as_bytes(),
+    )?;
+    let md = markdown(&results, hard, easy);
+    let path = dir.join("report.md");
+    write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
+    let mut m = String::new();
+    let cfg = &r.config;
+    let _ = writeln!(m, "# Experiment `{}`\n", r.name);
+    let _ = writeln!(
+        m,
+        "Command: `{}` (seeds {:?}; labels per arm: {}; augmentation: {:?}). Every figure \
+         below is recomputed from the run directory by rerunning the command.\n",
+        r.command, cfg.seeds, cfg.select.budget, cfg.augment_mode
+    );
+    let count = |t: &Table, label: &str| t.label.iter().filter(|l| *l == label).count();
+    let _ = writeln!(m, "## Data\n");
+    let _ = writeln!(
+        m,
+        "- hard test: {} rare benign lines ({}) vs {} malicious lines of techniques/sources the baseline never saw",
+        count(hard, "benign"),
+        sources(hard, "benign"),
+        count(hard, "malicious")
+    );
+    let _ = writeln!(
+        m,
+        "- easy test: {} benign, {} malicious, held out by near-duplicate cluster from the baseline's own sources",
+        count(easy, "benign"),
+        count(easy, "malicious")
+    );
+    for (split, by) in &r.data.lines {
+        let parts: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(m, "- {split}: {}", parts.join(", "));
+    }
+    let _ = writeln!(
+        m,
+        "- stream occurrences (heavy-tailed counts): {}; test lines dropped as near-duplicates of training lines: {}\n",
+        r.data.stream_occurrences, r.data.test_lines_dropped_for_leakage
+    );
+
+    let seeds = cfg.seeds.len();
+    let _ = writeln!(
+        m,
+        "## Results (mean ± sd over {seeds} seed{})\n",
+        if seeds > 1 { "s" } else { "" }
+    );
+    let _ = writeln!(
+        m,
+        "| arm | labels spent | benign lines added (new) | AUC hard | Δ AUC hard (paired) | AUC easy | TPR at FPR 1e-3, hard | TPR at FPR 1e-3, easy | FPR on rare benign at TPR 0.9 | FPR on rare benign at the stored threshold |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|");
+    for a in &r.arms {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
+            name_of(a.arm, a.labeler),
+            a.labels_spent.show(0),
+            a.augmented.show(0),
+            a.augmented_new.show(0),
+            a.auc_hard.show(3),
+            if a.arm == Arm::Baseline {
+                "".to_string()
+            } else {
+                signed(&a.auc_hard_gain)
+            },
+            a.auc_easy.show(4),
+            a.tpr_at_fpr_1e3_hard.show(3),
+            a.tpr_at_fpr_1e3_easy.show(3),
+            a.fpr_rare_benign_at_tpr_090.show(3),
+            a.fpr_rare_benign_at_stored_threshold.show(3),
+        );
+    }
+    let any = r.runs.first();
+    if let Some(x) = any {
+        let _ = writeln!(
+            m,
+            "\nTPR at FPR 1e-3 is {} on the hard test ({} benign lines) and {} on the easy test \
+             ({} benign lines); at fewer than 1,000 benign lines it is the TPR at zero false positives.",
+            if x.hard.tpr_at_fpr_1e3_resolvable {
+                "resolvable"
+            } else {
+                "NOT resolvable"
+            },
+            x.hard.lines - x.hard.malicious,
+            if x.easy.tpr_at_fpr_1e3_resolvable {
+                "resolvable"
+            } else {
+                "NOT resolvable"
+            },
+            x.easy.lines - x.easy.malicious
+        );
+    }
+
+    let _ = writeln!(m, "\n## What the labels bought (first seed)\n");
+    let _ = writeln!(
+        m,
+        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | added but truly malicious | selected lines by stream role |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+    for run in r.runs.iter().filter(|x| x.seed == cfg.seeds[0]) {
+        if let Some(l) = &run.labels {
+            let roles: Vec<String> = l
+                .selected_by_role
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                name_of(run.arm, run.labeler),
+                l.spent,
+                l.benign,
+                l.malicious,
+                l.no_verdict,
+                l.augmented,
+                l.augmented_new,
+                l.augmented_truly_malicious,
+                roles.join(", ")
+            );
+        }
+    }
+
+    let _ = writeln!(m, "\n## Per seed\n");
+    let _ = writeln!(
+        m,
+        "| seed | arm | AUC hard | AUC easy | TPR at FPR 1e-3, hard | FPR on rare benign at TPR 0.9 |"
+    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|");
+    for run in &r.runs {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {:.4} | {:.4} | {:.3} | {:.3} |",
+            run.seed,
+            name_of(run.arm, run.labeler),
+            run.hard.roc_auc,
+            run.easy.roc_auc,
+            run.hard.tpr_at_fpr_1e3,
+            run.hard.fpr_at_tpr_090
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nROC curves and per-source breakdowns of the first seed: [hard](hard/report.md) \
+         ([ROC](hard/roc.svg)), [easy](easy/report.md) ([ROC](easy/roc.svg)).\n"
+    );
+    let _ = writeln!(m, "## Reading the numbers\n");
+    for line in conclusions(r) {
+        let _ = writeln!(m, "- {line}");
+    }
+    m
+}
+
+fn signed(s: &super::report::Spread) -> String {
+    if s.n > 1 {
+        format!("{:+.3} ± {:.3}", s.mean, s.sd)
+    } else {
+        format!("{:+.3}", s.mean)
+    }
+}
+
+fn sources(t: &Table, label: &str) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for (s, l) in t.source.iter().zip(&t.label) {
+        if l == label {
+            *by.entry(s).or_default() += 1;
+        }
+    }
+    by.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Statements that follow from the table alone (no adjectives the numbers do not carry).
+fn conclusions(r: &Results) -> Vec<String> {
+    let mut out = Vec::new();
+    let find = |arm: Arm| {
+        r.arms
+            .iter()
+            .find(|a| a.arm == arm && a.labeler != Some(LabelerKind::Llm))
+    };
+    let Some(base) = find(Arm::Baseline) else {
+        return out;
+    };
+    out.push(format!(
+        "Baseline: AUC {} on the hard test, {} on the easy test (the source work: 0.61 and 0.998).",
+        base.auc_hard.show(3),
+        base.auc_easy.show(4)
+    ));
+    let random = find(Arm::Random);
+    for arm in [Arm::Autoencoder, Arm::Iforest, Arm::Combined] {
+        let Some(a) = find(arm) else { continue };
+        let gain = &a.auc_hard_gain;
+        let mut s = format!(
+            "{}: hard-test AUC {} ({} vs baseline, paired over {} seed{})",
+            arm.title(),
+            a.auc_hard.show(3),
+            signed(gain),
+            gain.n,
+            if gain.n > 1 { "s" } else { "" }
+        );
+        if let Some(rc) = random {
+            let d = a.auc_hard.mean - rc.auc_hard.mean;
+            let _ = write!(
+                s,
+                "; {:+.3} vs the random control at the same label budget",
+                d
+            );
+        }
+        let _ = write!(s, "; easy-test AUC {}.", a.auc_easy.show(4));
+        out.push(s);
+    }
+    if let Some(rc) = random {
+        out.push(format!(
+            "Random control: hard-test AUC {} ({} vs baseline). An anomaly arm helps beyond \
+             \"more benign data\" only where it beats this row by more than the spread.",
+            rc.auc_hard.show(3),
+            signed(&rc.auc_hard_gain)
+        ));
+    }
+    if let Some(all) = find(Arm::OracleAll) {
+        out.push(format!(
+            "Upper bound (every stream line, oracle labels, {} labels): hard-test AUC {}.",
+            all.labels_spent.show(0),
+            all.auc_hard.show(3)
+        ));
+    }
+    out
+}

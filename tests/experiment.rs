@@ -1,0 +1,321 @@
+//! `longtail run`: dataset splits without leakage, a whole tiny experiment on the bundled
+//! sample, stage reuse on rerun, resume of an unfinished stage, and config errors.
+
+use longtail::Globals;
+use longtail::device::DeviceChoice;
+use longtail::experiment::datasets::{self, DataConfig, Role, Split};
+use longtail::experiment::report::Results;
+use longtail::experiment::{self, ExperimentConfig, RunArgs};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample")
+}
+
+/// The demo config with the sample's absolute path, so tests run from any directory.
+fn demo_config() -> ExperimentConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+    let mut cfg = ExperimentConfig::from_toml_file(&path).expect("configs/demo.toml is valid");
+    cfg.data.dir = sample_dir();
+    cfg
+}
+
+fn globals() -> Globals {
+    Globals {
+        device: DeviceChoice::Flex,
+        seed: 0,
+    }
+}
+
+#[test]
+fn shipped_configs_parse_and_validate() {
+    for name in ["demo.toml", "full.toml", "demo-llm.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(name);
+        let cfg = ExperimentConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(cfg.arms.contains(&experiment::Arm::Baseline), "{name}");
+    }
+}
+
+#[test]
+fn splits_keep_groups_apart_and_are_deterministic() {
+    let cfg: DataConfig = demo_config().data;
+    let built = datasets::build(&cfg).unwrap();
+    let again = datasets::build(&cfg).unwrap();
+    assert_eq!(built.lines, again.lines, "same seed, same datasets");
+
+    let lines = &built.lines;
+    let in_split = |s: Split| lines.iter().filter(move |l| l.split == s);
+    // Every split the experiment needs is populated, with the classes it needs.
+    for (split, label) in [
+        (Split::BaselineTrain, "benign"),
+        (Split::BaselineTrain, "malicious"),
+        (Split::HardTest, "benign"),
+        (Split::HardTest, "malicious"),
+        (Split::EasyTest, "benign"),
+        (Split::EasyTest, "malicious"),
+    ] {
+        assert!(
+            in_split(split).any(|l| l.label == label),
+            "{split:?} has no {label} line"
+        );
+    }
+    // The hard test's benign side is rare benign (tail) only; its scripts never reach the stream.
+    let hard_scripts: HashSet<&str> = in_split(Split::HardTest)
+        .filter(|l| l.label == "benign")
+        .map(|l| {
+            assert_eq!(l.role, Role::Tail);
+            l.origin.as_str()
+        })
+        .collect();
+    let stream_scripts: HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.count > 0 && l.role == Role::Tail)
+        .map(|l| l.origin.as_str())
+        .collect();
+    assert!(!hard_scripts.is_empty() && !stream_scripts.is_empty());
+    assert!(hard_scripts.is_disjoint(&stream_scripts));
+    // Malicious hard-test lines come from techniques the baseline never saw (the sample has
+    // no `technique` field, so the ATT&CK test file in `source` is the group key).
+    let seen: HashSet<&str> = in_split(Split::BaselineTrain)
+        .filter(|l| l.label == "malicious")
+        .map(|l| l.origin.as_str())
+        .collect();
+    let unseen: Vec<&str> = in_split(Split::HardTest)
+        .filter(|l| l.label == "malicious")
+        .map(|l| l.origin.as_str())
+        .collect();
+    assert!(!seen.is_empty() && !unseen.is_empty());
+    for origin in unseen {
+        assert!(origin.contains("atomics/T"), "{origin}");
+        assert!(
+            !seen.contains(origin),
+            "{origin} is in the baseline and the hard test"
+        );
+    }
+    // No test line is near-identical to a line a model learns from (Jaccard of 5-byte
+    // shingles, checked directly rather than through the MinHash estimate).
+    let shingles =
+        |s: &str| -> HashSet<Vec<u8>> { s.as_bytes().windows(5).map(<[u8]>::to_vec).collect() };
+    let train: Vec<HashSet<Vec<u8>>> = lines
+        .iter()
+        .filter(|l| l.split == Split::BaselineTrain || l.count > 0)
+        .map(|l| shingles(&l.cmd))
+        .collect();
+    let tests: Vec<&datasets::Line> = lines
+        .iter()
+        .filter(|l| matches!(l.split, Split::EasyTest | Split::HardTest))
+        .step_by(7)
+        .collect();
+    let mut close = 0;
+    for t in &tests {
+        let a = shingles(&t.cmd);
+        if a.len() < 10 {
+            continue;
+        }
+        for b in &train {
+            let inter = a.intersection(b).count() as f64;
+            if inter / (a.len() + b.len()) as f64 * 2.0 > 0.95 {
+                close += 1;
+                break;
+            }
+        }
+    }
+    // MinHash is an estimate: allow a stray pair, not a pattern.
+    assert!(
+        close <= tests.len() / 100,
+        "{close} of {} test lines are near-copies of training lines",
+        tests.len()
+    );
+    // The stream's malicious share respects its cap; counts are heavy-tailed.
+    let stream: Vec<&datasets::Line> = lines.iter().filter(|l| l.count > 0).collect();
+    let malicious = stream.iter().filter(|l| l.label == "malicious").count() as f64;
+    assert!(malicious / stream.len() as f64 <= cfg.stream_malicious_share + 1e-9);
+    let max = stream.iter().map(|l| l.count).max().unwrap();
+    assert_eq!(max, cfg.stream_max_count);
+}
+
+/// The demo config shrunk to seconds: a tiny detector and classifier, one seed.
+fn tiny_config(out: &Path) -> ExperimentConfig {
+    let mut cfg = demo_config();
+    cfg.out = out.to_path_buf();
+    cfg.seeds = vec![3];
+    cfg.data.stream_common_lines = 300;
+    for s in &mut cfg.data.sources {
+        s.max_lines = Some(500);
+    }
+    cfg.detector.model.d_model = 16;
+    cfg.detector.model.n_heads = 2;
+    cfg.detector.model.d_ff = 32;
+    cfg.detector.model.n_layers = 1;
+    cfg.detector.model.bottleneck_dim = 8;
+    cfg.detector.model.max_len = 64;
+    cfg.detector.model.chunk_overlap = 16;
+    cfg.detector.optim.epochs = 1;
+    cfg.detector.iforest.n_trees = 20;
+    cfg.select.budget = 40;
+    cfg.classifier.model.embed_dim = 8;
+    cfg.classifier.model.filters = 8;
+    cfg.classifier.model.widths = vec![3];
+    cfg.classifier.model.max_len = 64;
+    cfg.classifier.optim.epochs = 1;
+    cfg
+}
+
+fn write_config(dir: &Path, cfg: &ExperimentConfig) -> PathBuf {
+    let path = dir.join("experiment.toml");
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    path
+}
+
+fn stage_records(out: &Path) -> HashMap<PathBuf, serde_json::Value> {
+    fn walk(dir: &Path, found: &mut HashMap<PathBuf, serde_json::Value>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                walk(&p, found);
+            } else if p.file_name().is_some_and(|n| n == "stage.json") {
+                let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                found.insert(p, v);
+            }
+        }
+    }
+    let mut found = HashMap::new();
+    walk(out, &mut found);
+    found
+}
+
+#[test]
+fn a_tiny_experiment_runs_reuses_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = tiny_config(&out);
+    let config_path = write_config(tmp.path(), &cfg);
+    let args = RunArgs {
+        config: config_path.clone(),
+        out: None,
+        data_only: false,
+    };
+    experiment::run(&args, &globals()).unwrap();
+
+    // The report covers every arm, with sane figures.
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(results.runs.len(), cfg.arms.len());
+    for run in &results.runs {
+        for auc in [run.hard.roc_auc, run.easy.roc_auc] {
+            assert!((0.0..=1.0).contains(&auc), "{:?}: AUC {auc}", run.arm);
+        }
+        match run.arm {
+            experiment::Arm::Baseline => assert!(run.labels.is_none()),
+            experiment::Arm::OracleAll => {
+                let l = run.labels.as_ref().unwrap();
+                let stream =
+                    datasets::Table::read(&out.join("data").join(datasets::TRUTH)).unwrap();
+                assert_eq!(
+                    l.spent,
+                    stream.cmd.len(),
+                    "the upper bound labels the whole stream"
+                );
+                assert_eq!(
+                    l.augmented_truly_malicious, 0,
+                    "an exact oracle adds no malicious line"
+                );
+            }
+            _ => {
+                let l = run.labels.as_ref().unwrap();
+                assert_eq!(
+                    l.spent, cfg.select.budget,
+                    "{:?} spends the budget",
+                    run.arm
+                );
+                assert_eq!(l.benign + l.malicious + l.no_verdict, l.spent);
+                assert_eq!(l.augmented, l.benign);
+            }
+        }
+    }
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("| baseline |") && md.contains("random lines (control)"),
+        "{md}"
+    );
+    assert!(out.join("report/hard/roc.svg").exists());
+
+    // A rerun reuses every stage: nothing is retrained.
+    let before = stage_records(&out);
+    assert!(
+        before.len() >= 2 + 2 * cfg.arms.len(),
+        "{} stages",
+        before.len()
+    );
+    assert!(before.values().all(|r| r["complete"] == true));
+    let weights = out.join("seed-3/baseline/classifier/model.safetensors");
+    let mtime = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    experiment::run(&args, &globals()).unwrap();
+    assert_eq!(
+        stage_records(&out),
+        before,
+        "a rerun with the same config redid a stage"
+    );
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        mtime
+    );
+
+    // A stage left unfinished (as by a crash) is redone; the others are kept.
+    let label_stage = out.join("seed-3/oracle/random/labels/stage.json");
+    let mut record = before[&label_stage].clone();
+    record["complete"] = serde_json::Value::Bool(false);
+    std::fs::write(&label_stage, record.to_string()).unwrap();
+    experiment::run(&args, &globals()).unwrap();
+    let after = stage_records(&out);
+    assert_eq!(after[&label_stage]["complete"], true);
+    let detector = out.join("seed-3/detector/stage.json");
+    assert_eq!(
+        after[&detector], before[&detector],
+        "the detector was retrained"
+    );
+
+    // Changing only the classifier retrains classifiers, not the detector or the labels.
+    let mut changed = cfg.clone();
+    changed.classifier.model.filters = 12;
+    write_config(tmp.path(), &changed);
+    experiment::run(&args, &globals()).unwrap();
+    let after = stage_records(&out);
+    assert_eq!(after[&detector], before[&detector]);
+    let labels = out.join("seed-3/oracle/combined/labels/stage.json");
+    assert_eq!(after[&labels], before[&labels]);
+    let classifier = out.join("seed-3/baseline/classifier/stage.json");
+    assert_ne!(after[&classifier]["key"], before[&classifier]["key"]);
+}
+
+#[test]
+fn config_errors_say_what_to_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        let path = tmp.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        ExperimentConfig::from_toml_file(&path).expect_err("must be rejected")
+    };
+    let e = run("name = \"x\"\nbogus = 1\n");
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("bogus"), "{e}");
+    let e = run("arms = [\"combined\"]\n[[data.sources]]\nfile = \"a.jsonl\"\nrole = \"common\"\n");
+    assert!(e.to_string().contains("baseline"), "{e}");
+    let e = run("[data]\nsources = []\n");
+    assert!(e.to_string().contains("sources"), "{e}");
+    let e = run("[[data.sources]]\nfile = \"a.jsonl\"\nrole = \"rare\"\n");
+    assert!(e.to_string().contains("rare"), "{e}");
+
+    // A missing data file names the path and where it is looked up.
+    let mut cfg = demo_config();
+    cfg.data.dir = tmp.path().join("nowhere");
+    let err = datasets::build(&cfg.data)
+        .err()
+        .expect("a missing folder is an error");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("nowhere"), "{err}");
+}
