@@ -301,7 +301,12 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
         r.data.stream_occurrences, r.data.test_lines_dropped_for_leakage
     );
 
-    let seeds = cfg.seeds.len();
+    let seeds = r
+        .runs
+        .iter()
+        .map(|x| x.seed)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let _ = writeln!(
         m,
         "## Results (mean ± sd over {seeds} seed{})\n",
@@ -357,9 +362,9 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
     let _ = writeln!(m, "\n## What the labels bought (first seed)\n");
     let _ = writeln!(
         m,
-        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | added but truly malicious | selected lines by stream role |"
+        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | new to the training set | added but truly malicious | selected lines by stream role |"
     );
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
     for run in r.runs.iter().filter(|x| x.seed == cfg.seeds[0]) {
         if let Some(l) = &run.labels {
             let roles: Vec<String> = l
