@@ -321,7 +321,7 @@ fn verdicts_explanations_and_strict_parsing() {
     );
     assert_eq!(
         (ls.model.as_str(), ls.prompt_version.as_str()),
-        ("scripted-model", "v1")
+        ("scripted-model", longtail::label::DEFAULT_PROMPT_VERSION)
     );
     assert_eq!(
         (

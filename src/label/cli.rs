@@ -36,7 +36,8 @@ pub const OUTPUT_COLUMNS: [&str; 10] = [
 ///
 /// Example against a local llama-server:
 ///   longtail label candidates.parquet -o labels.parquet
-///   --base-url http://127.0.0.1:8080/v1 --model qwen2.5-coder-1.5b
+///   --base-url http://127.0.0.1:8080/v1 --model qwen2.5-coder-1.5b-instruct
+/// (start that server with scripts/llm_server.sh qwen, after scripts/setup_llm.sh)
 #[derive(clap::Args, Debug)]
 pub struct LabelArgs {
     /// Labeling candidates: Parquet from `longtail select` with a command-line column; other
@@ -81,8 +82,9 @@ pub struct LabelArgs {
         value_name = "KEY"
     )]
     pub api_key: Option<ApiKey>,
-    /// Prompt template file (format: configs/prompts/v1.txt); its version, FILE-STEM@HASH, goes
-    /// into the outputs and the cache key. Default: the built-in v1 prompt.
+    /// Prompt template file (format: configs/prompts/v2.txt); its version, FILE-STEM@HASH, goes
+    /// into the outputs and the cache key. Default: the built-in v2 prompt (configs/prompts/v1.txt
+    /// is the earlier one).
     #[arg(long, value_name = "FILE")]
     pub prompt: Option<PathBuf>,
     /// Self-consistency: answers per command; a line is benign only if all of them say so.
