@@ -10,7 +10,8 @@
 #   models/SmolLM2-135M-Instruct.Q4_1.gguf        ~100 MB, ~1 s/answer, labels poorly (protocol tests)
 #   models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf ~1 GB, ~5-8 s/answer on 2 cores, plausible verdicts
 #
-# Needs: python3 with pip, cmake, a C++ compiler, sha256sum, unzip, tar.
+# Needs: python3 with pip, a C++ compiler, make, sha256sum, unzip, tar. cmake is used if installed,
+# else the PyPI `cmake` wheel is installed into $LONGTAIL_LLM_CACHE/tools (no root needed).
 # The server build takes ~10 minutes on 2 cores. It is built with GGML_NATIVE=OFF and an
 # explicit AVX2 feature set: a native build crashed with SIGILL (AMX) on the machines we use.
 set -euo pipefail
@@ -57,18 +58,40 @@ unpack() { # archive dest
   esac
 }
 
+# Put a cmake on PATH: the system one, or the PyPI wheel in $CACHE/tools.
+ensure_cmake() {
+  command -v cmake >/dev/null 2>&1 && return
+  local tools="$CACHE/tools"
+  if [ ! -x "$tools/bin/cmake" ]; then
+    say "cmake not found; installing the PyPI cmake wheel into $tools"
+    python3 -m pip install --disable-pip-version-check --quiet --target "$tools/lib" "cmake>=3.18,<5" \
+      || die "could not install cmake from PyPI; install it (apt-get install cmake)"
+    mkdir -p "$tools/bin"
+    cat >"$tools/bin/cmake" <<EOS
+#!/bin/sh
+PYTHONPATH="$tools/lib\${PYTHONPATH:+:\$PYTHONPATH}" exec python3 -c 'import sys, cmake; sys.argv[0] = "cmake"; sys.exit(cmake.cmake())' "\$@"
+EOS
+    chmod 755 "$tools/bin/cmake"
+  fi
+  export PATH="$tools/bin:$PATH"
+  cmake --version >/dev/null || die "cmake from PyPI does not run; install it (apt-get install cmake)"
+}
+
 build_server() {
   local bin="$CACHE/bin/llama-server"
   if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
     say "llama-server already built: $bin"
     return
   fi
-  need cmake c++ tar
+  need c++ make tar
+  ensure_cmake
   local work="$CACHE/build/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
   if [ ! -d "$work/src" ]; then
     say "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist (vendors llama.cpp)"
     rm -rf "$work" && mkdir -p "$work/dl"
-    "${PIP[@]}" --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$work/dl"
+    # Only this package as source: `--no-binary :all:` would also build pip's metadata-step
+    # helpers (scikit-build-core's ninja, cmake) from source, which takes far longer.
+    "${PIP[@]}" --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$work/dl"
     unpack "$work"/dl/llama_cpp_python-*.tar.gz "$work/unpacked"
     mv "$work"/unpacked/llama_cpp_python-* "$work/src"
   fi
@@ -140,12 +163,19 @@ main() {
   [ ${#steps[@]} -gt 0 ] || steps=(server smollm2 qwen)
   for step in "${steps[@]}"; do
     case "$step" in
+      server | smollm2 | qwen) ;;
+      -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+      *) die "unknown step '$step' (expected: server smollm2 qwen)" ;;
+    esac
+  done
+  for step in "${steps[@]}"; do
+    local started=$SECONDS
+    case "$step" in
       server) build_server ;;
       smollm2) fetch_smollm2 ;;
       qwen) fetch_qwen ;;
-      -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
-      *) die "unknown step '$step' (expected: server smollm2 qwen)" ;;
     esac
+    say "step $step: $((SECONDS - started)) s"
   done
   cat >&2 <<MSG
 [setup_llm] done. Run the server (one thread when the machine is busy), then label:
