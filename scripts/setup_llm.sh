@@ -12,7 +12,7 @@
 #
 # Needs: python3 with pip, a C++ compiler, make, sha256sum, unzip, tar. cmake is used if installed,
 # else the PyPI `cmake` wheel is installed into $LONGTAIL_LLM_CACHE/tools (no root needed).
-# The server build takes ~10 minutes on 2 cores. It is built with GGML_NATIVE=OFF and an
+# The server build takes ~10 minutes on 2 idle cores (23 min measured on 2 busy shared ones). It is built with GGML_NATIVE=OFF and an
 # explicit AVX2 feature set: a native build crashed with SIGILL (AMX) on the machines we use.
 set -euo pipefail
 
@@ -178,9 +178,10 @@ main() {
     say "step $step: $((SECONDS - started)) s"
   done
   cat >&2 <<MSG
-[setup_llm] done. Run the server (one thread when the machine is busy), then label:
-  $CACHE/bin/llama-server -m $CACHE/models/$QWEN_FILE -t 1 -c 4096 --host 127.0.0.1 --port 8080
-  longtail label candidates.parquet -o labels.parquet --base-url http://127.0.0.1:8080/v1 --model qwen2.5-coder-1.5b --concurrency 1
+[setup_llm] done. Serve a model (one thread by default; LLM_THREADS=2 on an idle machine), then label:
+  scripts/llm_server.sh qwen 8080      # ready when http://127.0.0.1:8080/health answers 200
+  longtail label candidates.parquet -o labels.parquet --base-url http://127.0.0.1:8080/v1 \\
+      --model qwen2.5-coder-1.5b-instruct --concurrency 1 --timeout 600
 MSG
 }
 
