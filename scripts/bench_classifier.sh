@@ -10,14 +10,18 @@
 #     DATA=/work/shared/data/cmdlines   corpora (scripts/cmdline_splits.py reads them)
 #     LINES=10000        labeled training lines sampled (seed 42) from the hard split's train set
 #     SCORE_LINES=20000  lines classified (the hard split's train + test lines, repeated if short)
-#     WGPU_CPU_LINES=500   lavapipe trains and classifies only this many lines (it is slow:
+#     WGPU_CPU_LINES=200   lavapipe trains and classifies only this many lines (it is slow:
 #                        every new batch shape is autotuned)
-#     STEP_TIMEOUT=600   seconds allowed to each training or classify step (a step that runs
+#     STEP_TIMEOUT=300   seconds allowed to each training or classify step (a step that runs
 #                        out is reported as such, not as a rate)
 #     THREADS=$(nproc)   cores for every implementation (RAYON_NUM_THREADS for flex,
 #                        LP_NUM_THREADS for lavapipe, torch.set_num_threads for PyTorch)
 #     CONFIG=configs/classifier.toml (byte tokens: the PyTorch reference implements bytes only)
 #     SKIP_WGPU_CPU=1, SKIP_TORCH=1     leave those rows out
+#     ONE_THREAD=1       also flex and PyTorch rows on 1 thread (default 1; 0 = off): on a
+#                        loaded machine PyTorch's OpenMP threads lose badly to oversubscription
+#   When lavapipe's training step runs out of time, its classify row scores with the flex
+#   model instead (the same weights; lavapipe's scores match flex's to ~1e-7).
 #
 # Timing (identical on both sides): training lines/s = lines of the epoch / time of the
 # optimisation loop (OUT/config.json training.lines_per_sec on the Rust side); classify
@@ -32,12 +36,13 @@ WORK="${1:-/tmp/longtail-bench-classifier}"
 DATA="${DATA:-/work/shared/data/cmdlines}"
 LINES="${LINES:-10000}"
 SCORE_LINES="${SCORE_LINES:-20000}"
-WGPU_CPU_LINES="${WGPU_CPU_LINES:-500}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
+WGPU_CPU_LINES="${WGPU_CPU_LINES:-200}"
+ONE_THREAD="${ONE_THREAD:-1}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 THREADS="${THREADS:-$(nproc)}"
 CONFIG="${CONFIG:-$ROOT/configs/classifier.toml}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
-export RAYON_NUM_THREADS="$THREADS" LP_NUM_THREADS="$THREADS"
+
 mkdir -p "$WORK"
 
 echo "building longtail (release, $CARGO_TARGET_DIR)" >&2
@@ -68,36 +73,51 @@ EOF
 load() { cut -d' ' -f1 /proc/loadavg; }
 ROWS=()
 
-# One Burn row: train 1 epoch, classify, read both rates.
+# One Burn row: train 1 epoch, classify, read both rates. $4: threads, $5: model to classify
+# with when training runs out of time.
 burn_row() {
-  local device=$1 train=$2 score=$3 out="$WORK/run-$1"
+  local device=$1 train=$2 score=$3 threads=$4 fallback=${5:-} out="$WORK/run-$1-$4t"
   rm -rf "$out"
   local l1; l1=$(load)
-  local train_rate="timed out (${STEP_TIMEOUT} s)" score_rate="-"
-  if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" --seed 1 train-classifier \
-      --train "$train" --config "$CONFIG" --epochs 1 --out "$out" >/dev/null 2>"$WORK/train-$device.log"; then
+  local train_rate="timed out (${STEP_TIMEOUT} s)" score_rate="-" model="$out" note=""
+  if RAYON_NUM_THREADS=$threads LP_NUM_THREADS=$threads timeout "$STEP_TIMEOUT" "$LONGTAIL" -q \
+      --device "$device" --seed 1 train-classifier --train "$train" --config "$CONFIG" --epochs 1 \
+      --out "$out" >/dev/null 2>"$WORK/train-$device.log"; then
     train_rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["training"]["lines_per_sec"][0]))' "$out/config.json")
+  elif [[ -n $fallback ]]; then
+    model=$fallback note=" (flex model)"
+  else
+    model=""
+  fi
+  if [[ -n $model ]]; then
     score_rate="timed out (${STEP_TIMEOUT} s)"
-    if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" classify --model "$out" "$score" \
-        -o "$WORK/scores-$device.jsonl" 2>"$WORK/classify-$device.log"; then
+    if RAYON_NUM_THREADS=$threads LP_NUM_THREADS=$threads timeout "$STEP_TIMEOUT" "$LONGTAIL" -q \
+        --device "$device" classify --model "$model" "$score" \
+        -o "$WORK/scores-$device-$threads.jsonl" 2>"$WORK/classify-$device.log"; then
       score_rate=$(grep -o '([0-9]* lines/s)' "$WORK/classify-$device.log" | tr -dc 0-9)
     fi
   fi
-  ROWS+=("burn $device|$(wc -l <"$train") lines|$train_rate|$(wc -l <"$score") lines|$score_rate|$l1 / $(load)")
-  echo "burn $device: train $train_rate lines/s, classify $score_rate lines/s" >&2
+  ROWS+=("burn $device, $threads thread(s)|$(wc -l <"$train") lines|$train_rate|$(wc -l <"$score") lines$note|$score_rate|$l1 / $(load)")
+  echo "burn $device ($threads threads): train $train_rate lines/s, classify $score_rate lines/s" >&2
 }
 
-burn_row flex "$WORK/train.jsonl" "$WORK/score.txt"
+torch_row() {
+  local threads=$1 l1; l1=$(load)
+  json=$(python3 "$HERE/torch_classifier_reference.py" --train "$WORK/train.jsonl" \
+      --score "$WORK/score.txt" --config "$CONFIG" --threads "$threads")
+  read -r tr sr < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["train_lines_per_sec"]), round(d["score_lines_per_sec"]))' "$json")
+  ROWS+=("pytorch $(python3 -c 'import torch; print(torch.__version__)') cpu, $threads thread(s)|$(wc -l <"$WORK/train.jsonl") lines|$tr|$(wc -l <"$WORK/score.txt") lines|$sr|$l1 / $(load)")
+  echo "pytorch ($threads threads): train $tr lines/s, classify $sr lines/s" >&2
+}
+
+burn_row flex "$WORK/train.jsonl" "$WORK/score.txt" "$THREADS"
+[[ $ONE_THREAD == 1 && $THREADS != 1 ]] && burn_row flex "$WORK/train.jsonl" "$WORK/score.txt" 1
 if [[ -z "${SKIP_WGPU_CPU:-}" ]]; then
-  burn_row wgpu-cpu "$WORK/train-small.jsonl" "$WORK/score-small.txt"
+  burn_row wgpu-cpu "$WORK/train-small.jsonl" "$WORK/score-small.txt" "$THREADS" "$WORK/run-flex-${THREADS}t"
 fi
 if [[ -z "${SKIP_TORCH:-}" ]]; then
-  l1=$(load)
-  json=$(python3 "$HERE/torch_classifier_reference.py" --train "$WORK/train.jsonl" \
-      --score "$WORK/score.txt" --config "$CONFIG" --threads "$THREADS")
-  read -r tr sr < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["train_lines_per_sec"]), round(d["score_lines_per_sec"]))' "$json")
-  ROWS+=("pytorch $(python3 -c 'import torch; print(torch.__version__)') cpu|$(wc -l <"$WORK/train.jsonl") lines|$tr|$(wc -l <"$WORK/score.txt") lines|$sr|$l1 / $(load)")
-  echo "pytorch: train $tr lines/s, classify $sr lines/s" >&2
+  torch_row "$THREADS"
+  [[ $ONE_THREAD == 1 && $THREADS != 1 ]] && torch_row 1
 fi
 
 # --- table --------------------------------------------------------------------------------
@@ -105,20 +125,24 @@ echo
 echo "classifier benchmark: commit $COMMIT, $(date -u +%Y-%m-%dT%H:%MZ), $THREADS threads, $(nproc) cores,"
 echo "config $(basename "$CONFIG") (1 epoch); load average before / after each row"
 echo
-echo "| implementation | trained on | train lines/s | classified | classify lines/s | vs PyTorch (train, classify) | load |"
+echo "| implementation | trained on | train lines/s | classified | classify lines/s | vs PyTorch, same threads (train, classify) | load |"
 echo "|---|---|---|---|---|---|---|"
-torch_tr=""; torch_sr=""
+# Each Burn row is compared with the PyTorch row of the same thread count.
+declare -A torch_tr torch_sr
 for r in "${ROWS[@]}"; do
   IFS='|' read -r name _ tr _ sr _ <<<"$r"
-  [[ $name == pytorch* ]] && torch_tr=$tr && torch_sr=$sr
+  if [[ $name == pytorch* ]]; then
+    n=${name##*, }; torch_tr[$n]=$tr; torch_sr[$n]=$sr
+  fi
 done
 for r in "${ROWS[@]}"; do
   IFS='|' read -r name tl tr sl sr ld <<<"$r"
   ratio="-"
-  if [[ -n $torch_tr && $name != pytorch* ]]; then
+  n=${name##*, }
+  if [[ -n ${torch_tr[$n]:-} && $name != pytorch* ]]; then
     ratio=$(python3 -c "import sys
 f = lambda a, b: f'{float(a) / float(b):.2f}x' if a.isdigit() else '-'
-print(f(sys.argv[1], sys.argv[2]) + ', ' + f(sys.argv[3], sys.argv[4]))" "$tr" "$torch_tr" "$sr" "$torch_sr")
+print(f(sys.argv[1], sys.argv[2]) + ', ' + f(sys.argv[3], sys.argv[4]))" "$tr" "${torch_tr[$n]}" "$sr" "${torch_sr[$n]}")
   fi
   echo "| $name | $tl | $tr | $sl | $sr | $ratio | $ld |"
 done
