@@ -102,6 +102,7 @@ scripts/train_shipped_model.sh   # split, train (flex, seed {json.load(open(f"{w
 open(card, "w").write(s)
 PY
 cp "$WORK/eval/report.md" "$OUT/heldout-report.md"
+cp "$WORK"/eval/*.svg "$OUT/"   # the charts heldout-report.md shows
 scripts/shipped_model_probes.sh "$OUT" "$WORK"
 du -sh "$OUT"
 echo "shipped model in $OUT; card $OUT/README.md"
