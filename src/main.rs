@@ -55,13 +55,15 @@ enum Command {
     Select(select::SelectArgs),
     /// Ask an LLM for a benign/malicious verdict on each candidate.
     Label(label::LabelArgs),
-    /// Train the CNN command-line classifier on labeled lines plus benign augmentation lines.
+    /// Train the CNN command-line classifier (byte or BPE tokens) on labeled lines plus benign
+    /// augmentation lines.
     TrainClassifier(classify::TrainArgs),
     /// Compare classifiers on one labeled test set: AUC, TPR at low FPR, breakdowns, SVG plots.
     Evaluate(classify::EvaluateArgs),
     /// Score lines with a trained classifier: probability of malicious and a label.
     Classify(classify::ClassifyArgs),
-    /// Export a classifier (weights, config, threshold, model card) for downstream use.
+    /// Export a classifier (weights, config, threshold, tokenizer for BPE, model card) for
+    /// downstream use.
     Export(classify::ExportArgs),
     /// Run the whole experiment from one config: datasets -> detector -> select -> label ->
     /// baseline and augmented classifiers (with a random-selection control) -> report.

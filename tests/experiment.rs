@@ -197,6 +197,8 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
         config: config_path.clone(),
         out: None,
         data_only: false,
+        budget: None,
+        seeds: None,
     };
     experiment::run(&args, &globals()).unwrap();
 

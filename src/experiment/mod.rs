@@ -300,6 +300,31 @@ pub struct RunArgs {
     /// Only build the datasets and print their summary (a quick check of a new config).
     #[arg(long)]
     pub data_only: bool,
+    /// Override `[select] budget` (labels per arm), e.g. for a budget sweep: copy a finished
+    /// run directory and rerun with another budget; detectors and baselines are reused.
+    #[arg(long)]
+    pub budget: Option<usize>,
+    /// Override `seeds`, comma-separated (e.g. `--seeds 1,2,3`).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<u64>>,
+}
+
+impl RunArgs {
+    /// The command line that reproduces this run (for the report).
+    pub fn command(&self) -> String {
+        let mut c = format!("longtail run --config {}", self.config.display());
+        if let Some(out) = &self.out {
+            c += &format!(" --out {}", out.display());
+        }
+        if let Some(b) = self.budget {
+            c += &format!(" --budget {b}");
+        }
+        if let Some(seeds) = &self.seeds {
+            let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+            c += &format!(" --seeds {}", list.join(","));
+        }
+        c
+    }
 }
 
 /// What one arm of one seed produced, for the report.
@@ -342,7 +367,14 @@ pub struct LabelSummary {
 
 /// Run the experiment.
 pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
-    let cfg = ExperimentConfig::from_toml_file(&args.config)?;
+    let mut cfg = ExperimentConfig::from_toml_file(&args.config)?;
+    if let Some(b) = args.budget {
+        cfg.select.budget = b;
+    }
+    if let Some(seeds) = &args.seeds {
+        cfg.seeds = seeds.clone();
+    }
+    cfg.validate()?;
     let out = args.out.clone().unwrap_or_else(|| cfg.out.clone());
     std::fs::create_dir_all(&out)
         .runtime_ctx(|| format!("cannot create the run directory {}", out.display()))?;
@@ -390,7 +422,7 @@ pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
         written = report::write(
             &out.join("report"),
             &cfg,
-            &args.config,
+            &args.command(),
             &data,
             &hard,
             &easy,

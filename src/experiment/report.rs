@@ -184,7 +184,7 @@ fn name_of(arm: Arm, labeler: Option<LabelerKind>) -> String {
 pub fn write(
     dir: &Path,
     cfg: &ExperimentConfig,
-    config_path: &Path,
+    command: &str,
     data: &DataOutputs,
     hard: &Table,
     easy: &Table,
@@ -207,7 +207,6 @@ pub fn write(
         });
     }
     let arms = summarize(&runs);
-    let command = format!("longtail run --config {}", config_path.display());
 
     // ROC plots and per-source breakdowns for the first seed, every arm on one chart.
     let first = cfg.seeds[0];
@@ -248,7 +247,7 @@ pub fn write(
 
     let results = Results {
         name: cfg.name.clone(),
-        command: command.clone(),
+        command: command.to_string(),
         config: cfg.clone(),
         data: data.summary.clone(),
         runs,
