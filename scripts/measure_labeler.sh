@@ -59,7 +59,8 @@ done
 python3 -c 'import sys; print(f"server ready in {float(sys.argv[1]) - float(sys.argv[2]):.1f} s \
 (http://127.0.0.1:{sys.argv[3]}/v1, model {sys.argv[4]})")' "$(date +%s.%N)" "$started" "$port" "$name"
 
-out="$dir/labels-$model-$seed.parquet"
+tag="$model-$seed${PROMPT:+-$(basename "$PROMPT" .txt)}"
+out="$dir/labels-$tag.parquet"
 cache="$dir/labels-$model-$seed.cache.jsonl"
 started=$(date +%s)
 extra=()
@@ -70,4 +71,4 @@ extra=()
   --concurrency 1 --timeout 600 --max-answer-tokens "${MAX_ANSWER_TOKENS:-1024}" \
   --max-consecutive-failures 3
 echo "labeling took $(($(date +%s) - started)) s (answers from the cache included)"
-python3 "$here/measure_labeler.py" report "$out" | tee "$dir/report-$model-$seed.md"
+python3 "$here/measure_labeler.py" report "$out" | tee "$dir/report-$tag.md"
