@@ -199,6 +199,9 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
         data_only: false,
         budget: None,
         seeds: None,
+        arms: None,
+        oracle_benign_precision: None,
+        oracle_malicious_precision: None,
     };
     experiment::run(&args, &globals()).unwrap();
 
@@ -320,4 +323,23 @@ fn config_errors_say_what_to_fix() {
         .expect("a missing folder is an error");
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("nowhere"), "{err}");
+}
+
+#[test]
+fn overrides_are_applied_and_reported_in_the_command() {
+    let args = RunArgs {
+        config: PathBuf::from("configs/full.toml"),
+        out: Some(PathBuf::from("runs/b")),
+        data_only: false,
+        budget: Some(1500),
+        seeds: Some(vec![1, 2]),
+        arms: Some(vec![experiment::Arm::Baseline, experiment::Arm::Random]),
+        oracle_benign_precision: Some(0.9),
+        oracle_malicious_precision: None,
+    };
+    assert_eq!(
+        args.command(),
+        "longtail run --config configs/full.toml --out runs/b --budget 1500 --seeds 1,2 \
+         --arms baseline,random --oracle-benign-precision 0.9"
+    );
 }

@@ -51,8 +51,14 @@ fn healthy(authority: &str) -> bool {
 }
 
 impl LlmServer {
-    /// Start `command` and wait until the server at `base_url` is healthy.
-    pub fn start(command: &[String], base_url: &str, timeout: Duration) -> Result<LlmServer> {
+    /// Start `command` and wait until the server at `base_url` is healthy. The server's output
+    /// goes to `log` (appended), not to the run's terminal.
+    pub fn start(
+        command: &[String],
+        base_url: &str,
+        timeout: Duration,
+        log: &std::path::Path,
+    ) -> Result<LlmServer> {
         let authority = authority(base_url)?;
         if healthy(&authority) {
             return Err(Error::input(format!(
@@ -63,11 +69,25 @@ impl LlmServer {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| Error::input("[label.llm] launch is empty"))?;
-        tracing::info!("starting the LLM server: {}", command.join(" "));
+        tracing::info!(
+            "starting the LLM server: {} (its log: {})",
+            command.join(" "),
+            log.display()
+        );
+        crate::table::ensure_parent(log)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .runtime_ctx(|| format!("cannot open the LLM server log {}", log.display()))?;
+        let log_err = log_file
+            .try_clone()
+            .runtime_ctx(|| format!("cannot open the LLM server log {}", log.display()))?;
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
             .spawn()
             .input_ctx(|| {
                 format!(
@@ -81,8 +101,9 @@ impl LlmServer {
             if let Some(status) = child.try_wait().runtime_ctx(|| "checking the LLM server")? {
                 bar.finish_and_clear();
                 return Err(Error::runtime(format!(
-                    "the LLM server exited ({status}) before it was ready; run `{}` by hand to \
-                     see why (scripts/setup_llm.sh must have run first)",
+                    "the LLM server exited ({status}) before it was ready; see {} or run `{}` \
+                     by hand (scripts/setup_llm.sh must have run first)",
+                    log.display(),
                     command.join(" ")
                 )));
             }
@@ -134,10 +155,12 @@ mod tests {
 
     #[test]
     fn a_server_that_exits_early_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
         let err = LlmServer::start(
             &["false".to_string()],
             "http://127.0.0.1:9/v1",
             Duration::from_secs(30),
+            &dir.path().join("server.log"),
         )
         .err()
         .expect("`false` exits at once");

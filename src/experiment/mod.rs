@@ -307,6 +307,26 @@ pub struct RunArgs {
     /// Override `seeds`, comma-separated (e.g. `--seeds 1,2,3`).
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
+    /// Override `arms`, comma-separated (must include baseline), e.g. `--arms baseline,autoencoder,random`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_arm)]
+    pub arms: Option<Vec<Arm>>,
+    /// Override `[label] oracle_benign_precision`: make the oracle as wrong as a measured LLM
+    /// (e.g. 0.71) to see how labeling errors propagate into the classifier.
+    #[arg(long)]
+    pub oracle_benign_precision: Option<f64>,
+    /// Override `[label] oracle_malicious_precision`.
+    #[arg(long)]
+    pub oracle_malicious_precision: Option<f64>,
+}
+
+fn parse_arm(text: &str) -> std::result::Result<Arm, String> {
+    Arm::ALL
+        .into_iter()
+        .find(|a| a.as_str() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Arm::ALL.iter().map(|a| a.as_str()).collect();
+            format!("unknown arm {text:?}; expected one of {}", names.join(", "))
+        })
 }
 
 impl RunArgs {
@@ -322,6 +342,16 @@ impl RunArgs {
         if let Some(seeds) = &self.seeds {
             let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
             c += &format!(" --seeds {}", list.join(","));
+        }
+        if let Some(arms) = &self.arms {
+            let list: Vec<&str> = arms.iter().map(|a| a.as_str()).collect();
+            c += &format!(" --arms {}", list.join(","));
+        }
+        if let Some(p) = self.oracle_benign_precision {
+            c += &format!(" --oracle-benign-precision {p}");
+        }
+        if let Some(p) = self.oracle_malicious_precision {
+            c += &format!(" --oracle-malicious-precision {p}");
         }
         c
     }
@@ -373,6 +403,15 @@ pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
     }
     if let Some(seeds) = &args.seeds {
         cfg.seeds = seeds.clone();
+    }
+    if let Some(arms) = &args.arms {
+        cfg.arms = arms.clone();
+    }
+    if args.oracle_benign_precision.is_some() {
+        cfg.label.oracle_benign_precision = args.oracle_benign_precision;
+    }
+    if args.oracle_malicious_precision.is_some() {
+        cfg.label.oracle_malicious_precision = args.oracle_malicious_precision;
     }
     cfg.validate()?;
     let out = args.out.clone().unwrap_or_else(|| cfg.out.clone());
@@ -757,6 +796,7 @@ impl Runner<'_> {
                         &llm.launch,
                         &llm.base_url,
                         std::time::Duration::from_secs(llm.ready_timeout_s),
+                        &self.out.join("llm-server.log"),
                     )?);
                 }
                 let mut c = label::LlmConfig::new(&llm.base_url, &llm.model);

@@ -240,7 +240,13 @@ pub async fn label_candidates(
                     break;
                 }
                 Err(AskError::Failed { message, attempts }) => {
-                    tracing::warn!("no answer for {:?}: {message}", preview(unique[u]));
+                    // No request was made (e.g. the oracle has no label for the line): expected,
+                    // counted in the summary; a failed request is worth a warning each time.
+                    if attempts == 0 {
+                        tracing::debug!("no answer for {:?}: {message}", preview(unique[u]));
+                    } else {
+                        tracing::warn!("no answer for {:?}: {message}", preview(unique[u]));
+                    }
                     let in_a_row = consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
                     if attempts > 0 && cfg.max_consecutive_failures.is_some_and(|m| in_a_row >= m) {
                         fatal_stop(Error::runtime(format!(
