@@ -310,8 +310,9 @@ pub struct RunArgs {
     /// Override `arms`, comma-separated (must include baseline), e.g. `--arms baseline,autoencoder,random`.
     #[arg(long, value_delimiter = ',', value_parser = parse_arm)]
     pub arms: Option<Vec<Arm>>,
-    /// Override `[label] oracle_benign_precision`: make the oracle as wrong as a measured LLM
-    /// (e.g. 0.71) to see how labeling errors propagate into the classifier.
+    /// Override `[label] oracle_benign_precision`: the oracle flips labels so that its benign
+    /// verdicts on each arm's selection reach this precision (how labeling errors propagate).
+    /// It is a precision within the selection, so it depends on the selection's class mix.
     #[arg(long)]
     pub oracle_benign_precision: Option<f64>,
     /// Override `[label] oracle_malicious_precision`.
