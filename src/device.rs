@@ -24,6 +24,7 @@ pub enum DeviceChoice {
 pub struct ChosenDevice {
     pub device: Device,
     pub name: String,
+    /// Never `Auto`: what `auto` resolved to.
     pub choice: DeviceChoice,
 }
 
@@ -79,6 +80,12 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
             ),
             None => (Device::flex(), "flex (CPU; no GPU adapter found)".into()),
         },
+    };
+    // `auto` resolves to what it picked, so callers can reuse the choice without probing again.
+    let choice = match choice {
+        DeviceChoice::Auto if name.starts_with("wgpu") => DeviceChoice::Wgpu,
+        DeviceChoice::Auto => DeviceChoice::Flex,
+        c => c,
     };
     tracing::info!("device: {name}");
     Ok(ChosenDevice {

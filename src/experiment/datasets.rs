@@ -18,7 +18,7 @@
 //! whose cluster still holds a training or stream line (possible only across roles) is dropped.
 
 use crate::error::{Context, Error, Result};
-use crate::ingest::minhash::{MinHashConfig, near_duplicate_clusters};
+use crate::ingest::minhash::{MinHashConfig, UnionFind, near_duplicate_clusters};
 use crate::ingest::read::{ReadOptions, for_each_record_ref};
 use crate::table;
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
@@ -255,21 +255,6 @@ fn unit(seed: u64, key: &str) -> f64 {
     (xxh3_64_with_seed(key.as_bytes(), seed) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn find(parent: &mut [usize], mut x: usize) -> usize {
-    while parent[x] != x {
-        parent[x] = parent[parent[x]];
-        x = parent[x];
-    }
-    x
-}
-
-fn union(parent: &mut [usize], a: usize, b: usize) {
-    let (ra, rb) = (find(parent, a), find(parent, b));
-    if ra != rb {
-        parent[ra.max(rb)] = ra.min(rb);
-    }
-}
-
 /// Read the sources and assign every unique line to a split.
 pub fn build(cfg: &DataConfig) -> Result<Datasets> {
     cfg.validate()?;
@@ -376,13 +361,14 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
         },
     )?;
     let n = raws.len();
-    let mut fine: Vec<usize> = (0..n).collect();
+    let mut fine = UnionFind::new(n);
+    let mut coarse = UnionFind::new(n);
     let mut first_of_cluster: HashMap<u32, usize> = HashMap::new();
     for (i, &c) in cluster_ids.iter().enumerate() {
         let f = *first_of_cluster.entry(c).or_insert(i);
-        union(&mut fine, f, i);
+        fine.union(f as u32, i as u32);
+        coarse.union(f as u32, i as u32);
     }
-    let mut coarse = fine.clone();
     let mut first_of_key: HashMap<String, usize> = HashMap::new();
     for (i, r) in raws.iter().enumerate() {
         let key = match r.group_by {
@@ -394,10 +380,10 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
             },
         };
         let f = *first_of_key.entry(key).or_insert(i);
-        union(&mut coarse, f, i);
+        coarse.union(f as u32, i as u32);
     }
-    let fine_root: Vec<usize> = (0..n).map(|i| find(&mut fine, i)).collect();
-    let coarse_root: Vec<usize> = (0..n).map(|i| find(&mut coarse, i)).collect();
+    let fine_root: Vec<usize> = (0..n).map(|i| fine.find(i as u32) as usize).collect();
+    let coarse_root: Vec<usize> = (0..n).map(|i| coarse.find(i as u32) as usize).collect();
     summary.near_dup_clusters = fine_root
         .iter()
         .collect::<std::collections::HashSet<_>>()

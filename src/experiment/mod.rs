@@ -441,31 +441,30 @@ pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
     }
     // Probe the device once, not once per stage.
     if globals.device == DeviceChoice::Auto {
-        let chosen = crate::device::resolve(DeviceChoice::Auto)?;
-        ctx.globals.device = if chosen.name.starts_with("wgpu") {
-            DeviceChoice::Wgpu
-        } else {
-            DeviceChoice::Flex
-        };
+        ctx.globals.device = crate::device::resolve(DeviceChoice::Auto)?.choice;
     }
     ctx.baseline = Table::read(&data.dir.join(datasets::BASELINE))?
         .cmd
         .into_iter()
         .collect();
-    let hard = Table::read(&data.dir.join(datasets::HARD_TEST))?;
-    let easy = Table::read(&data.dir.join(datasets::EASY_TEST))?;
+    // Read once: every seed and arm uses the same stream and test sets.
+    let tables = Tables {
+        stream: Table::read(&data.dir.join(datasets::TRUTH))?,
+        hard: Table::read(&data.dir.join(datasets::HARD_TEST))?,
+        easy: Table::read(&data.dir.join(datasets::EASY_TEST))?,
+    };
     let mut outcomes = Vec::new();
     let mut written = PathBuf::new();
     for (i, &seed) in cfg.seeds.iter().enumerate() {
-        outcomes.extend(ctx.seed(seed, &data)?);
+        outcomes.extend(ctx.seed(seed, &data, &tables)?);
         // A report after every seed: a long run shows its first results early.
         written = report::write(
             &out.join("report"),
             &cfg,
             &args.command(),
             &data,
-            &hard,
-            &easy,
+            &tables.hard,
+            &tables.easy,
             &outcomes,
         )?;
         tracing::info!(
@@ -531,7 +530,7 @@ impl Runner<'_> {
         })
     }
 
-    fn seed(&mut self, seed: u64, data: &DataOutputs) -> Result<Vec<ArmOutcome>> {
+    fn seed(&mut self, seed: u64, data: &DataOutputs, tables: &Tables) -> Result<Vec<ArmOutcome>> {
         let cfg = self.cfg;
         let globals = Globals {
             device: self.globals.device,
@@ -547,6 +546,7 @@ impl Runner<'_> {
             None,
             None,
             data,
+            tables,
             &globals,
             (seed, Arm::Baseline, None, None),
         )?);
@@ -557,9 +557,9 @@ impl Runner<'_> {
             .copied()
             .filter(|&a| a != Arm::Baseline)
             .collect();
-        let stream = Table::read(&data.dir.join(datasets::TRUTH))?;
+        let stream = &tables.stream;
         let scores = if arms.iter().any(|a| a.detector().is_some()) {
-            Some(self.detector_stages(&seed_dir, data, &stream, &globals)?)
+            Some(self.detector_stages(&seed_dir, data, stream, &globals)?)
         } else {
             None
         };
@@ -570,7 +570,7 @@ impl Runner<'_> {
                 }
                 let arm_dir = seed_dir.join(labeler.as_str()).join(arm.as_str());
                 let (augment, labels, label_key) =
-                    self.label_stage(&arm_dir, arm, labeler, seed, data, &stream, scores.as_ref())?;
+                    self.label_stage(&arm_dir, arm, labeler, seed, data, stream, scores.as_ref())?;
                 let key = key_of(&(
                     "classifier/1",
                     &data.key,
@@ -588,6 +588,7 @@ impl Runner<'_> {
                     Some(&augment),
                     init.as_deref(),
                     data,
+                    tables,
                     &globals,
                     (seed, arm, Some(labeler), Some(labels)),
                 )?);
@@ -646,10 +647,11 @@ impl Runner<'_> {
         }
 
         let score_dir = seed_dir.join("scores");
+        let scores_key = key_of(&("scores/1", &key, cfg.select.score_batch_tokens));
         let mut stage = Stage::new(
             format!("seed {}: scores", globals.seed),
             &score_dir,
-            key_of(&("scores/1", &key, cfg.select.score_batch_tokens)),
+            scores_key.clone(),
         );
         let path = score_dir.join("scores.parquet");
         if stage.begin()? != Plan::Reuse {
@@ -670,7 +672,7 @@ impl Runner<'_> {
             detect::write_scores(&path, &stream.cmd, &stream.count, &scores)?;
             stage.finish(serde_json::Value::Null)?;
         }
-        StreamScores::read(&path, stream)
+        StreamScores::read(&path, stream, scores_key)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -923,6 +925,7 @@ impl Runner<'_> {
         augment: Option<&Path>,
         init: Option<&Path>,
         data: &DataOutputs,
+        tables: &Tables,
         globals: &Globals,
         (seed, arm, labeler, labels): (u64, Arm, Option<LabelerKind>, Option<LabelSummary>),
     ) -> Result<ArmOutcome> {
@@ -955,14 +958,13 @@ impl Runner<'_> {
                 globals,
             )?;
             let model = Classifier::load(&model_dir, globals)?;
-            let score = |name: &str| -> Result<Vec<f64>> {
-                let t = Table::read(&data.dir.join(name))?;
+            let score = |t: &Table| -> Vec<f64> {
                 let lines: Vec<&str> = t.cmd.iter().map(String::as_str).collect();
-                Ok(model.score(&lines, self.cfg.classifier.training.batch_tokens, |_| {}))
+                model.score(&lines, self.cfg.classifier.training.batch_tokens, |_| {})
             };
             let scores = TestScores {
-                hard: score(datasets::HARD_TEST)?,
-                easy: score(datasets::EASY_TEST)?,
+                hard: score(&tables.hard),
+                easy: score(&tables.easy),
                 threshold: model.threshold.threshold,
             };
             table::write_atomic(
@@ -992,6 +994,13 @@ struct TestScores {
     threshold: f64,
 }
 
+/// The datasets every seed reads: the stream (with its truth) and the two test sets.
+struct Tables {
+    stream: Table,
+    hard: Table,
+    easy: Table,
+}
+
 /// The stream's anomaly scores, aligned with the stream table.
 pub struct StreamScores {
     key: String,
@@ -1000,7 +1009,8 @@ pub struct StreamScores {
 }
 
 impl StreamScores {
-    fn read(path: &Path, stream: &Table) -> Result<Self> {
+    /// `key`: the scores stage's key, which names these scores in downstream keys.
+    fn read(path: &Path, stream: &Table, key: String) -> Result<Self> {
         let mut cmd = Vec::new();
         let (mut ae, mut forest) = (Vec::new(), Vec::new());
         for batch in table::read_parquet(path)? {
@@ -1025,9 +1035,8 @@ impl StreamScores {
         }
         let usable =
             |v: Vec<f64>| (v.len() == cmd.len() && v.iter().all(|x| x.is_finite())).then_some(v);
-        let bytes = std::fs::read(path).runtime_ctx(|| format!("reading {}", path.display()))?;
         Ok(StreamScores {
-            key: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+            key,
             autoencoder: usable(ae),
             iforest: usable(forest),
         })

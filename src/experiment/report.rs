@@ -35,28 +35,18 @@ fn test_metrics(scores: &[f64], labels: &[bool], threshold: f64) -> Result<TestM
     let at3 = curve.tpr_at_fpr(1e-3)?;
     let at4 = curve.tpr_at_fpr(1e-4)?;
     let fpr90 = curve.fpr_at_tpr(0.9)?;
-    let (mut fp, mut neg, mut tp, mut pos) = (0usize, 0usize, 0usize, 0usize);
-    for (&s, &l) in scores.iter().zip(labels) {
-        let flagged = s >= threshold;
-        if l {
-            pos += 1;
-            tp += flagged as usize;
-        } else {
-            neg += 1;
-            fp += flagged as usize;
-        }
-    }
+    let at_threshold = crate::evaluate::metrics::confusion_at(scores, labels, threshold)?;
     Ok(TestMetrics {
         lines: scores.len(),
-        malicious: pos,
+        malicious: curve.positives() as usize,
         roc_auc: curve.auc(),
         tpr_at_fpr_1e3: at3.tpr,
         tpr_at_fpr_1e3_resolvable: at3.resolvable,
         tpr_at_fpr_1e4: at4.tpr,
         tpr_at_fpr_1e4_resolvable: at4.resolvable,
         fpr_at_tpr_090: fpr90.fpr,
-        fpr_at_stored_threshold: (neg > 0).then(|| fp as f64 / neg as f64),
-        tpr_at_stored_threshold: (pos > 0).then(|| tp as f64 / pos as f64),
+        fpr_at_stored_threshold: at_threshold.fpr(),
+        tpr_at_stored_threshold: at_threshold.tpr(),
     })
 }
 

@@ -352,17 +352,18 @@ fn sig_of(sigs: &[u16], p: usize, i: u32) -> &[u16] {
     &sigs[i as usize * p..(i as usize + 1) * p]
 }
 
-struct UnionFind {
+/// Disjoint sets over `0..n`; the smallest index of a set is its root (deterministic).
+pub(crate) struct UnionFind {
     parent: Vec<u32>,
 }
 
 impl UnionFind {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         Self {
             parent: (0..n as u32).collect(),
         }
     }
-    fn find(&mut self, mut x: u32) -> u32 {
+    pub(crate) fn find(&mut self, mut x: u32) -> u32 {
         while self.parent[x as usize] != x {
             let grand = self.parent[self.parent[x as usize] as usize];
             self.parent[x as usize] = grand;
@@ -374,6 +375,13 @@ impl UnionFind {
     fn union_roots(&mut self, a: u32, b: u32) {
         let (lo, hi) = if a < b { (a, b) } else { (b, a) };
         self.parent[hi as usize] = lo;
+    }
+    /// Join the sets of `a` and `b`.
+    pub(crate) fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            self.union_roots(ra, rb);
+        }
     }
 }
 
