@@ -18,7 +18,7 @@ use longtail::detect::model::Objective;
 use longtail::detect::{self, DetectorConfig, DetectorKind, ScoreOptions, TrainRequest};
 use longtail::device::DeviceChoice;
 use longtail::evaluate::metrics::roc_auc;
-use longtail::ingest::read::{ReadOptions, for_each_record_ref};
+use longtail::io::read::{ReadOptions, for_each_record_ref};
 use rand::prelude::*;
 use rand::rngs::StdRng;
 use std::collections::HashMap;
@@ -121,7 +121,7 @@ fn main() {
         count_of(Kind::Malicious)
     );
 
-    let globals = Globals { device, seed };
+    let globals = Globals::new(device, seed).expect("the device is available");
     let malicious_vs_benign: Vec<bool> = kinds.iter().map(|&k| k == Kind::Malicious).collect();
     let rare_idx: Vec<usize> = (0..lines.len())
         .filter(|&i| kinds[i] != Kind::Malicious)
@@ -219,11 +219,7 @@ fn main() {
             &rare_vs_common,
         );
         let f = if_scores.as_ref().unwrap();
-        let fused: Vec<f64> = detect::normalized_ranks(&ae)
-            .iter()
-            .zip(detect::normalized_ranks(f))
-            .map(|(a, b)| (a + b) / 2.0)
-            .collect();
+        let fused = longtail::data::mean_rank_fusion(&[&ae, f]);
         report(
             "combined",
             name,

@@ -1,12 +1,16 @@
 //! Choosing the Burn device: `flex` (pure-Rust CPU, the fallback), `wgpu` (a GPU through
 //! Vulkan/Metal/DX12), or `wgpu-cpu` (the wgpu code path on the CPU through Mesa lavapipe,
 //! which is how tests cover GPU code on machines without a GPU).
+//!
+//! The binary resolves `--device` once ([`resolve`]) and hands the result to every stage in
+//! [`crate::Globals`]: no stage probes adapters again.
 
 use crate::error::{Error, Result};
+use burn::tensor::wgpu::wgpu;
 use burn::tensor::{Device, DeviceKind};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceChoice {
     /// A real GPU through wgpu if one exists, else flex.
@@ -19,6 +23,13 @@ pub enum DeviceChoice {
     WgpuCpu,
 }
 
+crate::vocab::named_enum!(DeviceChoice {
+    Auto => "auto",
+    Flex => "flex",
+    Wgpu => "wgpu",
+    WgpuCpu => "wgpu-cpu",
+});
+
 /// A resolved device and a human description of what was chosen and why.
 #[derive(Clone, Debug)]
 pub struct ChosenDevice {
@@ -28,69 +39,99 @@ pub struct ChosenDevice {
     pub choice: DeviceChoice,
 }
 
-/// The wgpu adapters this machine offers, as (name, type, backend) strings.
-pub fn wgpu_adapters() -> Vec<(String, String, String)> {
-    use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::default();
-    let adapters =
-        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-    adapters
+impl ChosenDevice {
+    /// Burn's CPU backend; probes nothing.
+    pub fn flex() -> ChosenDevice {
+        ChosenDevice {
+            device: Device::flex(),
+            name: "flex (CPU)".into(),
+            choice: DeviceChoice::Flex,
+        }
+    }
+}
+
+/// A wgpu adapter this machine offers.
+#[derive(Clone, Debug)]
+pub struct Adapter {
+    pub name: String,
+    pub device_type: wgpu::DeviceType,
+    pub backend: wgpu::Backend,
+}
+
+impl Adapter {
+    pub fn is_gpu(&self) -> bool {
+        matches!(
+            self.device_type,
+            wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu
+        )
+    }
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == wgpu::DeviceType::Cpu
+    }
+    fn describe(&self) -> String {
+        format!("{} ({:?}, {:?})", self.name, self.device_type, self.backend)
+    }
+}
+
+/// The wgpu adapters this machine offers. Only the backends Burn's wgpu runtime uses are
+/// probed (Vulkan, Metal, DX12): the OpenGL one would ask EGL for a Wayland display and print
+/// `XDG_RUNTIME_DIR is invalid or not set` on every headless machine, for nothing.
+pub fn wgpu_adapters() -> Vec<Adapter> {
+    let backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+    // The instance, not only the enumeration, must leave GL out: creating a GL instance is
+    // what asks EGL for a display.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    futures_lite::future::block_on(instance.enumerate_adapters(backends))
         .into_iter()
         .map(|a| {
             let info = a.get_info();
-            (
-                info.name,
-                format!("{:?}", info.device_type),
-                format!("{:?}", info.backend),
-            )
+            Adapter {
+                name: info.name,
+                device_type: info.device_type,
+                backend: info.backend,
+            }
         })
         .collect()
 }
 
-fn has_real_gpu() -> Option<String> {
-    wgpu_adapters()
-        .into_iter()
-        .find(|(_, kind, _)| kind == "DiscreteGpu" || kind == "IntegratedGpu")
-        .map(|(name, kind, backend)| format!("{name} ({kind}, {backend})"))
-}
-
+/// Resolve a `--device` choice to a device; `auto` probes the adapters once.
 pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
-    let (device, name) = match choice {
-        DeviceChoice::Flex => (Device::flex(), "flex (CPU)".to_string()),
-        DeviceChoice::Wgpu => (
-            Device::wgpu(DeviceKind::DefaultDevice),
-            "wgpu (default adapter)".into(),
-        ),
+    let chosen = match choice {
+        DeviceChoice::Flex => ChosenDevice::flex(),
+        DeviceChoice::Wgpu => ChosenDevice {
+            device: Device::wgpu(DeviceKind::DefaultDevice),
+            name: "wgpu (default adapter)".into(),
+            choice,
+        },
         DeviceChoice::WgpuCpu => {
-            if wgpu_adapters().iter().all(|(_, kind, _)| kind != "Cpu") {
+            if !wgpu_adapters().iter().any(Adapter::is_cpu) {
                 return Err(Error::input(
                     "--device wgpu-cpu needs a CPU Vulkan driver; install it with \
                      `apt-get install mesa-vulkan-drivers` (scripts/setup.sh does this)",
                 ));
             }
-            (
-                Device::wgpu(DeviceKind::Cpu),
-                "wgpu on the CPU (lavapipe)".into(),
-            )
+            ChosenDevice {
+                device: Device::wgpu(DeviceKind::Cpu),
+                name: "wgpu on the CPU (lavapipe)".into(),
+                choice,
+            }
         }
-        DeviceChoice::Auto => match has_real_gpu() {
-            Some(gpu) => (
-                Device::wgpu(DeviceKind::DefaultDevice),
-                format!("wgpu: {gpu}"),
-            ),
-            None => (Device::flex(), "flex (CPU; no GPU adapter found)".into()),
+        DeviceChoice::Auto => match wgpu_adapters().into_iter().find(Adapter::is_gpu) {
+            Some(gpu) => ChosenDevice {
+                device: Device::wgpu(DeviceKind::DefaultDevice),
+                name: format!("wgpu: {}", gpu.describe()),
+                choice: DeviceChoice::Wgpu,
+            },
+            None => ChosenDevice {
+                device: Device::flex(),
+                name: "flex (CPU; no GPU adapter found)".into(),
+                choice: DeviceChoice::Flex,
+            },
         },
     };
-    // `auto` resolves to what it picked, so callers can reuse the choice without probing again.
-    let choice = match choice {
-        DeviceChoice::Auto if name.starts_with("wgpu") => DeviceChoice::Wgpu,
-        DeviceChoice::Auto => DeviceChoice::Flex,
-        c => c,
-    };
-    tracing::info!("device: {name}");
-    Ok(ChosenDevice {
-        device,
-        name,
-        choice,
-    })
+    tracing::info!("device: {}", chosen.name);
+    Ok(chosen)
 }

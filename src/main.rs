@@ -1,74 +1,11 @@
-//! The `longtail` command: a thin clap front over the library's stages.
+//! The `longtail` command: a thin clap front ([`cli`]) over the library's stages.
 
-use clap::{Parser, Subcommand};
-use longtail::device::DeviceChoice;
-use longtail::{Globals, classify, detect, experiment, ingest, label, select};
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Output};
+use longtail::Globals;
 use std::process::ExitCode;
-
-/// Turn anomaly detection into benign training data for command-line classifiers.
-///
-/// The pipeline: ingest telemetry (dedup) -> train-detector -> score -> select the most
-/// anomalous lines -> label them with an LLM -> train a classifier on baseline + benign
-/// anomalies -> evaluate. Each stage reads and writes Parquet, so any stage can be rerun
-/// or inspected alone. Exit codes: 0 ok, 1 runtime failure, 2 usage or input error.
-#[derive(Parser)]
-#[command(
-    name = "longtail",
-    version,
-    about,
-    long_about,
-    propagate_version = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    /// Compute device: auto = a real GPU through wgpu if present, else flex (CPU).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "auto",
-        env = "LONGTAIL_DEVICE"
-    )]
-    device: DeviceChoice,
-    /// Seed for every random choice (sampling, initialisation, shuffling).
-    #[arg(long, global = true, default_value_t = 42)]
-    seed: u64,
-    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only warnings and errors; no progress bars.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    quiet: bool,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Read command lines (Parquet, JSONL, CSV, text; gz/zstd), dedup exactly and near-exactly,
-    /// write a Parquet table of unique lines with counts and near-duplicate clusters.
-    Ingest(ingest::IngestArgs),
-    /// Train the byte-level transformer autoencoder on an unlabeled stream.
-    TrainDetector(detect::TrainArgs),
-    /// Score lines for anomaly (autoencoder, isolation forest, or both fused by rank).
-    Score(detect::ScoreArgs),
-    /// Pick the top-scoring lines, one per near-duplicate cluster, as labeling candidates.
-    Select(select::SelectArgs),
-    /// Ask an LLM for a benign/malicious verdict on each candidate.
-    Label(label::LabelArgs),
-    /// Train the CNN command-line classifier (byte or BPE tokens) on labeled lines plus benign
-    /// augmentation lines.
-    TrainClassifier(classify::TrainArgs),
-    /// Compare classifiers on one labeled test set: AUC, TPR at low FPR, breakdowns, SVG plots.
-    Evaluate(classify::EvaluateArgs),
-    /// Score lines with a trained classifier: probability of malicious and a label.
-    Classify(classify::ClassifyArgs),
-    /// Export a classifier (weights, config, threshold, tokenizer for BPE, model card) for
-    /// downstream use.
-    Export(classify::ExportArgs),
-    /// Run the whole experiment from one config: datasets -> detector -> select -> label ->
-    /// baseline and augmented classifiers (with a random-selection control) -> report.
-    Run(experiment::RunArgs),
-}
 
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
@@ -87,27 +24,38 @@ fn init_logging(verbose: u8, quiet: bool) {
     longtail::progress::set_quiet(quiet);
 }
 
+/// Mesa's Vulkan "device select" layer asks for a Wayland display while the GPU adapters are
+/// listed, and libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set` on every
+/// headless machine: harmless, but it reads like a failure. longtail picks its adapter itself
+/// (`--device`, `CUBECL_WGPU_DEFAULT_DEVICE`), so the layer is turned off unless the user asked
+/// it for a device (`MESA_VK_DEVICE_SELECT`).
+fn quiet_vulkan_device_select() {
+    if std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: called first thing in `main`, before any thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_vulkan_device_select();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
-    let globals = Globals {
-        device: cli.device,
-        seed: cli.seed,
-    };
-    let result = match &cli.command {
-        Command::Ingest(a) => ingest::run(a, &globals),
-        Command::TrainDetector(a) => detect::train_cli(a, &globals),
-        Command::Score(a) => detect::score_cli(a, &globals),
-        Command::Select(a) => select::run(a, &globals),
-        Command::Label(a) => label::run(a, &globals),
-        Command::TrainClassifier(a) => classify::train_cli(a, &globals),
-        Command::Evaluate(a) => classify::evaluate_cli(a, &globals),
-        Command::Classify(a) => classify::classify_cli(a, &globals),
-        Command::Export(a) => classify::export_cli(a, &globals),
-        Command::Run(a) => experiment::run(a, &globals),
-    };
+    let mut out = Output::new();
+    // The device is resolved once, here, and only for subcommands that run a model: `auto`
+    // probes the GPU adapters, which costs time and is pointless for `ingest` or `label`.
+    let result = if cli.command.uses_device() {
+        Globals::new(cli.device, cli.seed)
+    } else {
+        Ok(Globals::flex(cli.seed))
+    }
+    .and_then(|globals| cli.command.run(&globals, &mut out))
+    .and_then(|()| out.flush());
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`longtail classify ... | head -1`): not a failure.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code() as u8)

@@ -2,9 +2,9 @@
 //! one representative (the highest-scoring line) per near-duplicate cluster, so the labeling
 //! budget is not spent on forty variants of one installer command.
 
+use crate::data::minhash::{MinHashConfig, near_duplicate_clusters};
 use crate::error::{Context, Error, Result};
-use crate::ingest::minhash::{MinHashConfig, near_duplicate_clusters};
-use crate::{Globals, table};
+use crate::io::table;
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -12,29 +12,35 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-#[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Example:\n  longtail select --input scores.parquet --top-k 500 --out candidates.parquet"
-)]
-pub struct SelectArgs {
-    /// Scored lines from `longtail score` (needs `cmd` and `score`; other columns are kept).
-    #[arg(long, short)]
+/// How many candidates to keep.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// This many.
+    TopK(usize),
+    /// This fraction of the unique input lines, in [0, 1] (at least one).
+    Fraction(f64),
+}
+
+/// What [`select_file`] does.
+#[derive(Clone, Debug)]
+pub struct SelectRequest {
+    /// Scored lines (needs `cmd` and the score column; other columns are kept).
     pub input: PathBuf,
-    /// Output Parquet of candidates: the input's columns plus `rank` and `cluster_size`.
-    #[arg(long, short)]
+    /// Output Parquet: the input's columns plus `rank` and `cluster_size`.
     pub out: PathBuf,
-    /// How many candidates to keep.
-    #[arg(long, conflicts_with = "top_fraction")]
-    pub top_k: Option<usize>,
-    /// Or keep this fraction of the unique input lines.
-    #[arg(long)]
-    pub top_fraction: Option<f64>,
-    /// Lines whose estimated Jaccard similarity (character shingles) exceeds this are one cluster.
-    #[arg(long, default_value_t = 0.8)]
+    pub budget: Budget,
+    /// Lines whose estimated Jaccard similarity exceeds this are one cluster.
     pub near_dup_threshold: f64,
     /// Column to rank by.
-    #[arg(long, default_value = "score")]
     pub score_column: String,
+}
+
+/// What [`select_file`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectOutcome {
+    pub candidates: u64,
+    pub unique_lines: usize,
+    pub rows: usize,
 }
 
 /// Indices of the chosen rows, best first, with the size of each one's near-duplicate
@@ -75,20 +81,18 @@ pub fn select_top(
     }
 }
 
-pub fn run(args: &SelectArgs, globals: &Globals) -> Result<()> {
-    let batches = table::read_parquet(&args.input)?;
+/// The top-scoring lines of `req.input`, one per near-duplicate cluster, written to `req.out`.
+pub fn select_file(req: &SelectRequest, seed: u64) -> Result<SelectOutcome> {
+    let batches = table::read_parquet(&req.input)?;
     let Some(first) = batches.first() else {
-        return Err(Error::input(format!(
-            "{} has no rows",
-            args.input.display()
-        )));
+        return Err(Error::input(format!("{} has no rows", req.input.display())));
     };
     let all = concat_batches(&first.schema(), &batches).runtime_ctx(|| "joining input batches")?;
-    let cmds: Vec<String> = table::strings(&all, "cmd", &args.input)?
+    let cmds: Vec<String> = table::strings(&all, "cmd", &req.input)?
         .into_iter()
         .map(Option::unwrap_or_default)
         .collect();
-    let scores = table::numbers(&all, &args.score_column, &args.input)?;
+    let scores = table::numbers(&all, &req.score_column, &req.input)?;
     // Exact dedup: the best-scoring copy of each text stands for it.
     let mut best: HashMap<&str, usize> = HashMap::new();
     for (i, c) in cmds.iter().enumerate() {
@@ -99,20 +103,15 @@ pub fn run(args: &SelectArgs, globals: &Globals) -> Result<()> {
     }
     let mut keep: Vec<usize> = best.into_values().collect();
     keep.sort_unstable();
-    let k = match (args.top_k, args.top_fraction) {
-        (Some(k), _) => k,
-        (None, Some(f)) if (0.0..=1.0).contains(&f) => {
+    let k = match req.budget {
+        Budget::TopK(k) => k,
+        Budget::Fraction(f) if (0.0..=1.0).contains(&f) => {
             ((f * keep.len() as f64).ceil() as usize).max(1)
         }
-        (None, Some(f)) => {
+        Budget::Fraction(f) => {
             return Err(Error::input(format!(
                 "--top-fraction {f} must be within [0, 1]"
             )));
-        }
-        (None, None) => {
-            return Err(Error::input(
-                "say how many candidates to keep: --top-k N or --top-fraction F",
-            ));
         }
     };
     let unique_cmds: Vec<String> = keep.iter().map(|&i| cmds[i].clone()).collect();
@@ -121,8 +120,8 @@ pub fn run(args: &SelectArgs, globals: &Globals) -> Result<()> {
         &unique_cmds,
         &unique_scores,
         k,
-        args.near_dup_threshold,
-        globals.seed,
+        req.near_dup_threshold,
+        seed,
     )?;
     let rows = UInt64Array::from_iter_values(chosen.iter().map(|&(j, _)| keep[j] as u64));
     let picked = take_record_batch(&all, &rows).runtime_ctx(|| "selecting rows")?;
@@ -143,12 +142,10 @@ pub fn run(args: &SelectArgs, globals: &Globals) -> Result<()> {
     )));
     let out = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .runtime_ctx(|| "building candidates")?;
-    let n = table::write_parquet(&args.out, &out)?;
-    eprintln!(
-        "selected {n} candidates from {} unique lines ({} rows) -> {}",
-        keep.len(),
-        cmds.len(),
-        args.out.display()
-    );
-    Ok(())
+    let candidates = table::write_parquet(&req.out, &out)?;
+    Ok(SelectOutcome {
+        candidates,
+        unique_lines: keep.len(),
+        rows: cmds.len(),
+    })
 }

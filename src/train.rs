@@ -1,17 +1,25 @@
 //! Training plumbing shared by every model (the detector and the classifier): AdamW with
-//! warmup + cosine decay and gradient clipping, a validation pass, a checkpoint after every
-//! epoch, `--resume` after a kill, early stopping, a progress bar with loss and lines/s, and
-//! determinism under a seed (each epoch's randomness derives from the seed and the epoch
+//! warmup + cosine decay and gradient clipping, a validation pass with named metrics, a
+//! checkpoint after every epoch, `--resume` after a kill, the best epoch and early stopping
+//! by a named metric with a direction ([`Monitor`]), a progress bar with loss and lines/s,
+//! and determinism under a seed (each epoch's randomness derives from the seed and the epoch
 //! number alone, so a resumed run continues exactly as an uninterrupted one).
+//!
+//! A model plugs in as a [`Task`] (its epoch batches, its loss, its validation metrics) and
+//! is trained by [`fit`] under a [`RunSpec`]. The loop is hand-written rather than
+//! burn-train's `Learner` because it needs weighted resampling with length buckets per epoch
+//! and exact resume; its best-checkpoint and early-stopping rules follow burn-train's
+//! `MetricEarlyStoppingStrategy` (a metric, a direction, epochs without improvement).
 
 use crate::error::{Context, Error, Result};
-use crate::table::write_atomic;
+use crate::io::table::write_atomic;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::store::{BurnpackStore, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,8 +34,49 @@ pub struct OptimConfig {
     pub warmup_fraction: f64,
     /// Clip the gradient norm to this value (0 disables).
     pub grad_clip: f64,
-    /// Stop when validation loss has not improved for this many epochs (0 = never).
+    /// Stop when the monitored metric has not improved for this many epochs (0 = never).
     pub patience: usize,
+    /// The validation metric that picks the saved (best) epoch and drives early stopping.
+    pub monitor: Monitor,
+}
+
+/// Which way a metric improves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Lower,
+    Higher,
+}
+
+/// A validation metric to watch, by name (`loss` for every task; the classifier also reports
+/// `roc_auc`), and which way is better.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    pub metric: String,
+    pub direction: Direction,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            metric: "loss".into(),
+            direction: Direction::Lower,
+        }
+    }
+}
+
+impl Monitor {
+    /// Whether `value` beats `best` (NaN never does; anything beats no best yet).
+    pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        match best {
+            None => true,
+            Some(b) => match self.direction {
+                Direction::Lower => value < b,
+                Direction::Higher => value > b,
+            },
+        }
+    }
 }
 
 impl Default for OptimConfig {
@@ -39,6 +88,7 @@ impl Default for OptimConfig {
             warmup_fraction: 0.05,
             grad_clip: 1.0,
             patience: 0,
+            monitor: Monitor::default(),
         }
     }
 }
@@ -55,6 +105,9 @@ pub fn lr_at(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
     floor + (cfg.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
 }
 
+/// Validation results of one epoch, by metric name.
+pub type Metrics = BTreeMap<String, f64>;
+
 /// What a training run has done so far; `state.json` in the checkpoint directory.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TrainState {
@@ -62,9 +115,20 @@ pub struct TrainState {
     pub step: usize,
     pub train_loss: Vec<f64>,
     pub val_loss: Vec<f64>,
+    /// Every validation metric, per epoch.
+    #[serde(default)]
+    pub metrics: Vec<Metrics>,
+    /// The monitored metric's name (older states: `loss`).
+    #[serde(default = "loss_name")]
+    pub monitor: String,
+    /// The best value of the monitored metric, and its epoch (0-based).
     pub best_val: Option<f64>,
     pub best_epoch: Option<usize>,
     pub lines_per_sec: Vec<f64>,
+}
+
+fn loss_name() -> String {
+    "loss".into()
 }
 
 /// Files of a run directory: `checkpoint/` (the last epoch: model, optimizer, state) and
@@ -156,155 +220,225 @@ pub struct Batch<T> {
     pub lines: usize,
 }
 
-/// The training loop. `epoch_batches(epoch)` prepares that epoch's batches (already on the
-/// device or cheap to move); `loss` runs the model in training mode; `validate` returns the
-/// validation loss of a model in inference mode.
-pub struct Trainer<'a> {
-    pub cfg: &'a OptimConfig,
-    pub run: &'a RunDir,
-    pub device: &'a Device,
-    pub seed: u64,
-    pub resume: bool,
+/// A model and its data, as the training loop sees them.
+pub trait Task {
+    /// The module trained (on the autodiff device) and validated (its `valid()` copy).
+    type Model: Module + Clone;
+    /// One step's data.
+    type Batch;
+
     /// Label on the progress bar.
-    pub what: &'a str,
+    fn name(&self) -> &str;
+    /// Steps in one epoch (for the learning-rate schedule).
+    fn steps_per_epoch(&self) -> usize;
+    /// That epoch's batches; a function of (seed, epoch) alone, so a resumed run matches.
+    fn epoch_batches(&self, epoch: usize) -> Vec<Batch<Self::Batch>>;
+    /// The training loss of a batch (model in training mode, on the autodiff `device`).
+    fn loss(&self, model: &Self::Model, batch: &Self::Batch, device: &Device) -> Tensor<1>;
+    /// Validation metrics of a model in inference mode on `device`; must include `loss` (NaN
+    /// when there is no validation data).
+    fn validate(&self, model: &Self::Model, device: &Device) -> Result<Metrics>;
 }
 
-impl Trainer<'_> {
-    pub fn fit<M, T>(
-        &self,
-        mut model: M,
-        steps_per_epoch: usize,
-        mut epoch_batches: impl FnMut(usize) -> Vec<Batch<T>>,
-        loss: impl Fn(&M, &T) -> Tensor<1>,
-        validate: impl Fn(&M) -> Result<f64>,
-    ) -> Result<(M, TrainState)>
-    where
-        M: Module + Clone,
-    {
-        let mut optim_cfg = AdamWConfig::new().with_weight_decay(self.cfg.weight_decay as f32);
-        if self.cfg.grad_clip > 0.0 {
-            optim_cfg = optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(
-                self.cfg.grad_clip as f32,
+/// How one training run goes: optimisation settings, where it writes, the devices, the seed.
+pub struct RunSpec<'a> {
+    pub cfg: &'a OptimConfig,
+    pub run: &'a RunDir,
+    /// The inference device (validation runs here).
+    pub device: Device,
+    /// The same device with autodiff: the trained model lives here.
+    pub train_device: Device,
+    pub seed: u64,
+    pub resume: bool,
+}
+
+impl<'a> RunSpec<'a> {
+    /// A run on `device`, seeded: initialise the model on [`RunSpec::train_device`] after this,
+    /// so its weights are a function of the seed.
+    pub fn new(
+        cfg: &'a OptimConfig,
+        run: &'a RunDir,
+        device: &Device,
+        seed: u64,
+        resume: bool,
+    ) -> Self {
+        let train_device = device.clone().autodiff();
+        device.seed(seed);
+        train_device.seed(seed);
+        RunSpec {
+            cfg,
+            run,
+            device: device.clone(),
+            train_device,
+            seed,
+            resume,
+        }
+    }
+}
+
+/// Train `model` on `task`; returns the model of the best epoch by the monitored metric (the
+/// last one when no epoch ran), and what was done.
+pub fn fit<T: Task>(
+    spec: &RunSpec,
+    task: &T,
+    mut model: T::Model,
+) -> Result<(T::Model, TrainState)> {
+    let cfg = spec.cfg;
+    let mut optim_cfg = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32);
+    if cfg.grad_clip > 0.0 {
+        optim_cfg =
+            optim_cfg.with_grad_clipping(Some(GradientClippingConfig::Norm(cfg.grad_clip as f32)));
+    }
+    let mut optim = optim_cfg.init();
+    let mut state = TrainState {
+        monitor: cfg.monitor.metric.clone(),
+        ..TrainState::default()
+    };
+    if spec.resume && spec.run.has_checkpoint() {
+        let text = std::fs::read_to_string(spec.run.ckpt("state.json"))?;
+        state = serde_json::from_str(&text).input_ctx(
+            || "checkpoint/state.json is corrupt; delete the checkpoint to start over",
+        )?;
+        if state.monitor != cfg.monitor.metric {
+            return Err(Error::input(format!(
+                "--resume: the checkpoint monitored `{}`, the config monitors `{}`; rerun \
+                 without --resume (starts over) or with the same config",
+                state.monitor, cfg.monitor.metric
             )));
         }
-        let mut optim = optim_cfg.init();
-        let mut state = TrainState::default();
-        if self.resume && self.run.has_checkpoint() {
-            let text = std::fs::read_to_string(self.run.ckpt("state.json"))?;
-            state = serde_json::from_str(&text).input_ctx(
-                || "checkpoint/state.json is corrupt; delete the checkpoint to start over",
-            )?;
-            model = load_checkpoint_weights(model, &self.run.ckpt("model.bpk"))?;
-            optim = optim
-                .load(self.run.ckpt("optim.bpk"))
-                .input_ctx(|| "cannot load the optimizer checkpoint; delete it to start over")?;
-            tracing::info!(
-                "resuming after epoch {} (step {})",
-                state.epochs_done,
-                state.step
-            );
-        } else if self.run.has_checkpoint() {
-            tracing::info!("starting over (a checkpoint exists; pass --resume to continue it)");
-        }
-        let total_steps = steps_per_epoch * self.cfg.epochs;
-        let mut best_model = None;
-        for epoch in state.epochs_done..self.cfg.epochs {
-            if self.cfg.patience > 0
-                && let Some(best) = state.best_epoch
-                && epoch >= best + 1 + self.cfg.patience
-            {
-                tracing::info!(
-                    "early stop: no validation improvement since epoch {}",
-                    best + 1
-                );
-                break;
-            }
-            // Dropout and any device-side randomness: a function of (seed, epoch) only.
-            self.device
-                .seed(self.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
-            let batches = epoch_batches(epoch);
-            let lines: usize = batches.iter().map(|b| b.lines).sum();
-            let bar = crate::progress::bar(lines as u64, self.what, "lines");
-            bar.set_message(format!("epoch {}/{}", epoch + 1, self.cfg.epochs));
-            let start = Instant::now();
-            let (mut sum, mut n) = (0.0, 0usize);
-            for batch in &batches {
-                let lr = lr_at(self.cfg, state.step, total_steps);
-                let l = loss(&model, &batch.data);
-                let grads = GradientsParams::from_grads(l.backward(), &model);
-                // Reading the loss every step syncs the device; every 10 steps keeps the bar honest.
-                if state.step % 10 == 0 {
-                    let v: f32 = l.into_scalar();
-                    if !v.is_finite() {
-                        return Err(Error::runtime(format!(
-                            "training diverged (loss {v}) at step {}: lower the learning rate",
-                            state.step
-                        )));
-                    }
-                    sum += v as f64;
-                    n += 1;
-                    bar.set_message(format!(
-                        "epoch {}/{} loss {:.3}",
-                        epoch + 1,
-                        self.cfg.epochs,
-                        sum / n as f64
-                    ));
-                }
-                model = optim.step(lr, model, grads);
-                state.step += 1;
-                bar.inc(batch.lines as u64);
-            }
-            bar.finish_and_clear();
-            let secs = start.elapsed().as_secs_f64();
-            let val = validate(&model.valid())?;
-            state
-                .train_loss
-                .push(if n > 0 { sum / n as f64 } else { f64::NAN });
-            state.val_loss.push(val);
-            state.lines_per_sec.push(lines as f64 / secs.max(1e-9));
-            state.epochs_done = epoch + 1;
-            if state.best_val.is_none_or(|b| val < b) {
-                state.best_val = Some(val);
-                state.best_epoch = Some(epoch);
-                save_weights(&model, &self.run.best_weights())?;
-                best_model = Some(model.clone());
-            }
-            tracing::info!(
-                "epoch {}/{}: train loss {:.4}, validation loss {:.4}, {:.0} lines/s",
-                epoch + 1,
-                self.cfg.epochs,
-                state.train_loss[epoch],
-                val,
-                state.lines_per_sec[epoch]
-            );
-            // Checkpoint: weights and optimizer first, state last, so state.json never points
-            // at an epoch whose files are missing.
-            save_checkpoint_weights(&model, &self.run.ckpt("model.bpk"))?;
-            let optim_bytes = optim
-                .into_bytes()
-                .runtime_ctx(|| "serialising the optimizer")?;
-            write_atomic(&self.run.ckpt("optim.bpk"), &optim_bytes)?;
-            write_atomic(
-                &self.run.ckpt("state.json"),
-                serde_json::to_string_pretty(&state)
-                    .expect("plain data")
-                    .as_bytes(),
-            )?;
-        }
-        let model = match best_model {
-            Some(m) => m,
-            None if self.run.best_weights().exists() => {
-                load_weights(model, &self.run.best_weights())?
-            }
-            None => model,
-        };
-        Ok((model, state))
+        model = load_checkpoint_weights(model, &spec.run.ckpt("model.bpk"))?;
+        optim = optim
+            .load(spec.run.ckpt("optim.bpk"))
+            .input_ctx(|| "cannot load the optimizer checkpoint; delete it to start over")?;
+        tracing::info!(
+            "resuming after epoch {} (step {})",
+            state.epochs_done,
+            state.step
+        );
+    } else if spec.run.has_checkpoint() {
+        tracing::info!("starting over (a checkpoint exists; pass --resume to continue it)");
     }
+    let total_steps = task.steps_per_epoch() * cfg.epochs;
+    let mut best_model = None;
+    for epoch in state.epochs_done..cfg.epochs {
+        if cfg.patience > 0
+            && let Some(best) = state.best_epoch
+            && epoch >= best + 1 + cfg.patience
+        {
+            tracing::info!(
+                "early stop: no improvement of validation {} since epoch {}",
+                cfg.monitor.metric,
+                best + 1
+            );
+            break;
+        }
+        // Dropout and any device-side randomness: a function of (seed, epoch) only.
+        spec.train_device
+            .seed(spec.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let batches = task.epoch_batches(epoch);
+        let lines: usize = batches.iter().map(|b| b.lines).sum();
+        let bar = crate::progress::bar(lines as u64, task.name(), "lines");
+        bar.set_message(format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let start = Instant::now();
+        let (mut sum, mut n) = (0.0, 0usize);
+        for batch in &batches {
+            let lr = lr_at(cfg, state.step, total_steps);
+            let l = task.loss(&model, &batch.data, &spec.train_device);
+            let grads = GradientsParams::from_grads(l.backward(), &model);
+            // Reading the loss every step syncs the device; every 10 steps keeps the bar honest.
+            if state.step.is_multiple_of(10) {
+                let v: f32 = l.into_scalar();
+                if !v.is_finite() {
+                    return Err(Error::runtime(format!(
+                        "training diverged (loss {v}) at step {}: lower the learning rate",
+                        state.step
+                    )));
+                }
+                sum += v as f64;
+                n += 1;
+                bar.set_message(format!(
+                    "epoch {}/{} loss {:.3}",
+                    epoch + 1,
+                    cfg.epochs,
+                    sum / n as f64
+                ));
+            }
+            model = optim.step(lr, model, grads);
+            state.step += 1;
+            bar.inc(batch.lines as u64);
+        }
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        let metrics = task.validate(&model.valid(), &spec.device)?;
+        let (Some(&val), Some(&watched)) = (metrics.get("loss"), metrics.get(&cfg.monitor.metric))
+        else {
+            return Err(Error::input(format!(
+                "the monitored metric `{}` is not among the validation metrics of {} ({}); \
+                 set [optim] monitor.metric to one of them",
+                cfg.monitor.metric,
+                task.name(),
+                metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        state
+            .train_loss
+            .push(if n > 0 { sum / n as f64 } else { f64::NAN });
+        state.val_loss.push(val);
+        state.lines_per_sec.push(lines as f64 / secs.max(1e-9));
+        state.epochs_done = epoch + 1;
+        if cfg.monitor.improves(watched, state.best_val) {
+            state.best_val = Some(watched);
+            state.best_epoch = Some(epoch);
+            save_weights(&model, &spec.run.best_weights())?;
+            best_model = Some(model.clone());
+        }
+        let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        tracing::info!(
+            "epoch {}/{}: train loss {:.4}, validation {}, {:.0} lines/s",
+            epoch + 1,
+            cfg.epochs,
+            state.train_loss[epoch],
+            shown.join(", "),
+            state.lines_per_sec[epoch]
+        );
+        state.metrics.push(metrics);
+        // Checkpoint: weights and optimizer first, state last, so state.json never points
+        // at an epoch whose files are missing.
+        save_checkpoint_weights(&model, &spec.run.ckpt("model.bpk"))?;
+        let optim_bytes = optim
+            .into_bytes()
+            .runtime_ctx(|| "serialising the optimizer")?;
+        write_atomic(&spec.run.ckpt("optim.bpk"), &optim_bytes)?;
+        write_atomic(
+            &spec.run.ckpt("state.json"),
+            serde_json::to_string_pretty(&state)
+                .expect("plain data")
+                .as_bytes(),
+        )?;
+    }
+    let model = match best_model {
+        Some(m) => m,
+        None if spec.run.best_weights().exists() => load_weights(model, &spec.run.best_weights())?,
+        None => model,
+    };
+    Ok((model, state))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitors_compare_by_direction_and_nan_never_improves() {
+        let lower = Monitor::default();
+        assert!(lower.improves(0.5, None) && lower.improves(0.4, Some(0.5)));
+        assert!(!lower.improves(0.5, Some(0.5)) && !lower.improves(f64::NAN, Some(0.5)));
+        let higher = Monitor {
+            metric: "roc_auc".into(),
+            direction: Direction::Higher,
+        };
+        assert!(higher.improves(0.9, Some(0.8)) && !higher.improves(0.7, Some(0.8)));
+    }
 
     #[test]
     fn warmup_then_cosine_reaches_floor() {

@@ -2,26 +2,13 @@
 //! atomic_red_team malicious): training quality on flex, augmentation counting, resume, and
 //! the CLI contract (classify, evaluate, export, and the numpy-only Python loader).
 
-use longtail::Globals;
+use crate::util::{
+    globals, longtail, longtail_ok, python_loader_agrees, read_state, sample, straight_and_killed,
+};
 use longtail::classify::data::load_training_set;
 use longtail::classify::{self, Classifier, ClassifierConfig, TrainRequest};
-use longtail::device::DeviceChoice;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
-
-fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data/sample")
-        .join(name)
-}
-
-fn globals() -> Globals {
-    Globals {
-        device: DeviceChoice::Flex,
-        seed: 7,
-    }
-}
 
 /// A model small enough to train in seconds on two cores.
 fn tiny_config(epochs: usize) -> ClassifierConfig {
@@ -157,11 +144,6 @@ fn augmentation_rows_count_as_benign_and_labeled_rows_win() {
     );
 }
 
-fn read_state(dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("checkpoint/state.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 /// A kill mid-training loses at most the epoch in progress, `--resume` reaches the same
 /// result as an uninterrupted run, and resuming with another config is refused.
 #[test]
@@ -179,7 +161,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     )
     .unwrap();
     let train = |out: &Path, resume: bool| {
-        let mut c = Command::new(bin());
+        let mut c = longtail();
         c.args(["--device", "flex", "-q", "train-classifier", "--train"])
             .arg(&input)
             .arg("--config")
@@ -191,23 +173,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
         }
         c
     };
-    let straight = work.path().join("straight");
-    assert!(train(&straight, false).status().unwrap().success());
-
-    let killed = work.path().join("killed");
-    let mut child = train(&killed, false).spawn().unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(300);
-    while read_state(&killed).is_none_or(|s| s["epochs_done"] != 1) {
-        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "training ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert_eq!(read_state(&killed).unwrap()["epochs_done"], 1);
+    let (straight, killed) = straight_and_killed(work.path(), train);
     let other = train(&killed, true)
         .arg("--epochs")
         .arg("5")
@@ -243,24 +209,6 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     assert!((threshold(&straight) - threshold(&killed)).abs() < 1e-4);
 }
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_longtail"))
-}
-
-fn longtail(args: &[&str]) -> std::process::Output {
-    let out = Command::new(bin())
-        .args(["--device", "flex", "-q"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "longtail {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 #[test]
 fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,7 +224,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     )
     .unwrap();
     let aug = sample("runner_images.jsonl").display().to_string();
-    longtail(&[
+    longtail_ok(&[
         "train-classifier",
         "--train",
         &train.display().to_string(),
@@ -312,7 +260,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     }
     assert_eq!(lines.len(), 100);
     std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
-    longtail(&["export", "--model", &d("model"), "--out", &d("models/tiny")]);
+    longtail_ok(&["export", "--model", &d("model"), "--out", &d("models/tiny")]);
     for f in [
         "model.safetensors",
         "config.json",
@@ -326,7 +274,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
         card.contains("ROC AUC") && card.contains("runner_images.jsonl"),
         "{card}"
     );
-    longtail(&[
+    longtail_ok(&[
         "classify",
         "--model",
         &d("models/tiny"),
@@ -358,7 +306,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
         assert_eq!(row["label"], want);
     }
     // Parquet output and stdin give the same scores.
-    let mut child = Command::new(bin())
+    let mut child = longtail()
         .args([
             "--device",
             "flex",
@@ -388,7 +336,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     assert!(
         (piped[2]["score"].as_f64().unwrap() - rows[2]["score"].as_f64().unwrap()).abs() < 1e-9
     );
-    longtail(&[
+    longtail_ok(&[
         "classify",
         "--model",
         &d("model"),
@@ -399,7 +347,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     assert!(dir.path().join("scores.parquet").exists());
 
     // evaluate: two models on one test set, with source and platform breakdowns.
-    longtail(&[
+    longtail_ok(&[
         "evaluate",
         "--test",
         &sample("runner_images.jsonl").display().to_string(),
@@ -432,29 +380,10 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     }
 
     // The downstream contract: numpy + safetensors reproduce the scores to 1e-4.
-    let python_ok = Command::new("python3")
-        .args(["-c", "import numpy, safetensors.numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !python_ok {
-        eprintln!(
-            "SKIPPED: the Python loader check needs python3 with numpy and safetensors \
-             (pip install numpy safetensors)"
-        );
-        return;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/load_classifier.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(d("models/tiny"))
-        .args(["--check", &d("scores.jsonl")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && text.contains("OK: 100 lines"),
-        "{text}"
+    python_loader_agrees(
+        &dir.path().join("models/tiny"),
+        &dir.path().join("scores.jsonl"),
+        100,
     );
 }
 
@@ -478,7 +407,7 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
          widths = [2, 3]\nmax_len = 48\n[optim]\nepochs = 1\nlr = 0.01\n",
     )
     .unwrap();
-    longtail(&[
+    longtail_ok(&[
         "train-classifier",
         "--train",
         &train.display().to_string(),
@@ -494,7 +423,7 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
     assert_eq!(cfg["tokenizer"], "bpe");
     assert_eq!(cfg["config"]["model"]["vocab_size"], 600);
 
-    longtail(&["export", "--model", &d("model"), "--out", &d("models/bpe")]);
+    longtail_ok(&["export", "--model", &d("model"), "--out", &d("models/bpe")]);
     assert!(dir.path().join("models/bpe/tokenizer.json").exists());
     // Without its tokenizer a BPE model refuses to load (exit 2, with a hint).
     std::fs::create_dir_all(d("broken")).unwrap();
@@ -505,7 +434,7 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
         )
         .unwrap();
     }
-    let out = Command::new(bin())
+    let out = longtail()
         .args([
             "--device",
             "flex",
@@ -539,7 +468,7 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
     lines.push("echo 'héllo wörld' ✓ | iconv -f utf-8 -t latin1".into());
     lines.push("x".into());
     std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
-    longtail(&[
+    longtail_ok(&[
         "classify",
         "--model",
         &d("models/bpe"),
@@ -547,26 +476,10 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
         "-o",
         &d("scores.jsonl"),
     ]);
-    let python_ok = Command::new("python3")
-        .args(["-c", "import numpy, safetensors.numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !python_ok {
-        eprintln!("SKIPPED: the Python loader check needs python3 with numpy and safetensors");
-        return;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/load_classifier.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(d("models/bpe"))
-        .args(["--check", &d("scores.jsonl")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && text.contains(&format!("OK: {} lines", lines.len())),
-        "{text}"
+    python_loader_agrees(
+        &dir.path().join("models/bpe"),
+        &dir.path().join("scores.jsonl"),
+        lines.len(),
     );
 }
 
@@ -574,7 +487,7 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
 /// above ordinary ones, and the numpy-only loader reproduces its scores to 1e-4.
 #[test]
 fn shipped_model_ranks_attacks_above_ordinary_lines_and_the_python_loader_agrees() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cmdline-cnn");
+    let model = crate::util::repo().join("models/cmdline-cnn");
     let clf = Classifier::load(&model, &globals()).unwrap();
     let attacks = [
         "vssadmin.exe delete shadows /all /quiet",
@@ -637,7 +550,7 @@ fn shipped_model_ranks_attacks_above_ordinary_lines_and_the_python_loader_agrees
     let text = dir.path().join("lines.txt");
     std::fs::write(&text, lines.join("\n") + "\n").unwrap();
     let scores = dir.path().join("scores.jsonl");
-    longtail(&[
+    longtail_ok(&[
         "classify",
         "--model",
         &model.display().to_string(),
@@ -645,25 +558,35 @@ fn shipped_model_ranks_attacks_above_ordinary_lines_and_the_python_loader_agrees
         "-o",
         &scores.display().to_string(),
     ]);
-    let python_ok = Command::new("python3")
-        .args(["-c", "import numpy, safetensors.numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !python_ok {
-        eprintln!("SKIPPED: the Python loader check needs python3 with numpy and safetensors");
-        return;
-    }
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/load_classifier.py"))
-        .arg(&model)
-        .arg("--check")
-        .arg(&scores)
-        .output()
+    python_loader_agrees(&model, &scores, 100);
+}
+
+/// `longtail classify ... | head -1`: the reader goes away after one line; that is a normal
+/// end (exit 0, no error), not a failure.
+#[test]
+fn a_closed_output_pipe_is_a_normal_end() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // Far more output than a pipe buffers, so the writer must meet the closed pipe.
+    let text = std::fs::read_to_string(sample("nl2bash.jsonl")).unwrap();
+    let input = dir.path().join("many.jsonl");
+    std::fs::write(&input, text.repeat(4)).unwrap();
+    let mut child = longtail()
+        .args(["--device", "flex", "-q", "classify", "--model"])
+        .arg(crate::util::repo().join("models/cmdline-cnn"))
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && report.contains("OK: 100 lines"),
-        "{report}"
-    );
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"score\""), "{first}");
+    // The reader (and with it the pipe's read end) is dropped here, like `head -1` exiting.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
 }

@@ -1,19 +1,17 @@
 //! The detector end to end on real command lines from the bundled sample: training on flex,
 //! ranking, save/load, resume after a kill, and the wgpu code path on the CPU (lavapipe).
 
+use crate::util::{longtail, read_state, sample, straight_and_killed};
 use longtail::Globals;
 use longtail::detect::model::Objective;
 use longtail::detect::{self, DetectorConfig, DetectorKind, ScoreOptions, TrainRequest};
 use longtail::device::DeviceChoice;
 use longtail::evaluate::metrics::roc_auc;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn sample(name: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data/sample")
-        .join(name);
-    std::fs::read_to_string(&path)
+/// The command lines of a bundled sample file.
+fn sample_lines(name: &str) -> Vec<String> {
+    std::fs::read_to_string(sample(name))
         .unwrap()
         .lines()
         .map(|l| {
@@ -56,7 +54,7 @@ fn tiny_config(epochs: usize) -> DetectorConfig {
 }
 
 fn globals(device: DeviceChoice) -> Globals {
-    Globals { device, seed: 7 }
+    Globals::new(device, 7).unwrap()
 }
 
 fn train_into(
@@ -99,8 +97,8 @@ fn flex_detector_ranks_attacks_above_unseen_benign_lines_and_round_trips() {
 
 fn check_objective(objective: Objective) {
     eprintln!("objective {objective:?}");
-    let benign = sample("nl2bash.jsonl");
-    let attacks = sample("atomic_red_team.jsonl");
+    let benign = sample_lines("nl2bash.jsonl");
+    let attacks = sample_lines("atomic_red_team.jsonl");
     let (train, held_out) = benign.split_at(2600);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(2);
@@ -174,7 +172,7 @@ fn long_lines_are_chunked_and_the_odd_fragment_is_found() {
 }
 
 fn check_odd_fragment(objective: Objective) {
-    let benign = sample("nl2bash.jsonl");
+    let benign = sample_lines("nl2bash.jsonl");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(2);
     cfg.model.objective = objective;
@@ -202,22 +200,16 @@ fn check_odd_fragment(objective: Objective) {
     assert!(s.window_nll > s.mean_nll + 0.5);
 }
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_longtail"))
-}
-
-fn read_state(dir: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("checkpoint/state.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
 /// A kill mid-training loses at most the epoch in progress, and `--resume` reaches the same
 /// result as an uninterrupted run.
 #[test]
 fn resume_after_sigkill_matches_an_uninterrupted_run() {
     let work = tempfile::tempdir().unwrap();
     // Ingest output is the detector's input; write one with the library's Parquet writer.
-    let lines: Vec<String> = sample("nl2bash.jsonl").into_iter().take(1200).collect();
+    let lines: Vec<String> = sample_lines("nl2bash.jsonl")
+        .into_iter()
+        .take(1200)
+        .collect();
     let input = work.path().join("lines.parquet");
     let counts = vec![1u64; lines.len()];
     let scores = detect::Scores {
@@ -234,7 +226,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     )
     .unwrap();
     let train = |out: &Path, resume: bool| {
-        let mut c = Command::new(bin());
+        let mut c = longtail();
         c.args([
             "--device",
             "flex",
@@ -254,26 +246,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
         }
         c
     };
-    let straight = work.path().join("straight");
-    assert!(train(&straight, false).status().unwrap().success());
-
-    let killed = work.path().join("killed");
-    let mut child = train(&killed, false).spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while read_state(&killed).is_none_or(|s| s["epochs_done"] != 1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint after 300 s"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "training ended before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert_eq!(read_state(&killed).unwrap()["epochs_done"], 1);
+    let (straight, killed) = straight_and_killed(work.path(), train);
     assert!(train(&killed, true).status().unwrap().success());
 
     let a = read_state(&straight).unwrap();
@@ -293,7 +266,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
 fn wgpu_cpu_trains_and_scores_a_tiny_model() {
     let has_cpu_adapter = longtail::device::wgpu_adapters()
         .iter()
-        .any(|(_, kind, _)| kind == "Cpu");
+        .any(longtail::device::Adapter::is_cpu);
     if !has_cpu_adapter {
         assert!(
             std::env::var("LONGTAIL_REQUIRE_WGPU").is_err(),
@@ -304,7 +277,7 @@ fn wgpu_cpu_trains_and_scores_a_tiny_model() {
     }
     // Short lines and one context size keep the number of distinct kernel shapes small:
     // wgpu autotunes each new shape, which is slow on a CPU adapter.
-    let lines: Vec<String> = sample("nl2bash.jsonl")
+    let lines: Vec<String> = sample_lines("nl2bash.jsonl")
         .into_iter()
         .filter(|l| l.len() <= 32)
         .take(120)

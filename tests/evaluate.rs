@@ -23,7 +23,7 @@ macro_rules! assert_close {
 
 fn is_input_error<T: std::fmt::Debug>(r: longtail::Result<T>) -> String {
     match r {
-        Err(Error::Input(msg)) => msg,
+        Err(e @ Error::Input { .. }) => e.to_string(),
         other => panic!("expected an input error, got {other:?}"),
     }
 }
@@ -605,7 +605,7 @@ fn roc_plot_points_thin_large_curves_but_keep_ends() {
 /// Development cross-check against scikit-learn on 300 random score sets (a third with heavy
 /// ties, a third probabilities): ROC AUC, average precision, every ROC point, TPR at FPR and
 /// FPR at TPR. Make the cases with the script below (numpy + scikit-learn), then
-/// `LONGTAIL_SKLEARN_CASES=/tmp/sk_cases.json cargo test --release --test evaluate -- --ignored scikit`
+/// `LONGTAIL_SKLEARN_CASES=/tmp/sk_cases.json cargo test --release --test integration -- --ignored scikit`
 ///
 /// ```python
 /// # Dev-only: random score sets (with ties) and scikit-learn's metrics for them, to cross-check
@@ -710,7 +710,7 @@ fn scikit_learn_cross_check() {
 }
 
 /// Writes a realistic-looking report for eyeballing the charts:
-/// `LONGTAIL_EVAL_DEMO_DIR=/tmp/x cargo test --release --test evaluate -- --ignored demo`
+/// `LONGTAIL_EVAL_DEMO_DIR=/tmp/x cargo test --release --test integration -- --ignored demo`
 #[test]
 #[ignore = "writes charts to LONGTAIL_EVAL_DEMO_DIR for a human to look at"]
 fn demo_report_for_eyeballing() {
@@ -773,7 +773,7 @@ fn demo_report_for_eyeballing() {
 }
 
 /// Timing on a million lines (prints figures; no bound, the machine is shared):
-/// `cargo test --release --test evaluate -- --ignored --nocapture million`
+/// `cargo test --release --test integration -- --ignored --nocapture million`
 #[test]
 #[ignore = "timing figures for a human"]
 fn million_lines_timing() {

@@ -1,39 +1,34 @@
 //! `longtail run`: dataset splits without leakage, a whole tiny experiment on the bundled
 //! sample, stage reuse on rerun, resume of an unfinished stage, and config errors.
 
-use longtail::Globals;
-use longtail::device::DeviceChoice;
+use crate::util::repo;
 use longtail::experiment::datasets::{self, DataConfig, Role, Split};
 use longtail::experiment::report::Results;
-use longtail::experiment::{self, ExperimentConfig, RunArgs};
+use longtail::experiment::{self, ExperimentConfig, RunRequest};
+use longtail::{Globals, Label};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample")
+    repo().join("data/sample")
 }
 
 /// The demo config with the sample's absolute path, so tests run from any directory.
 fn demo_config() -> ExperimentConfig {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+    let path = repo().join("configs/demo.toml");
     let mut cfg = ExperimentConfig::from_toml_file(&path).expect("configs/demo.toml is valid");
     cfg.data.dir = sample_dir();
     cfg
 }
 
 fn globals() -> Globals {
-    Globals {
-        device: DeviceChoice::Flex,
-        seed: 0,
-    }
+    Globals::flex(0)
 }
 
 #[test]
 fn shipped_configs_parse_and_validate() {
     for name in ["demo.toml", "full.toml", "demo-llm.toml"] {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("configs")
-            .join(name);
+        let path = repo().join("configs").join(name);
         let cfg = ExperimentConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(cfg.arms.contains(&experiment::Arm::Baseline), "{name}");
     }
@@ -50,21 +45,21 @@ fn splits_keep_groups_apart_and_are_deterministic() {
     let in_split = |s: Split| lines.iter().filter(move |l| l.split == s);
     // Every split the experiment needs is populated, with the classes it needs.
     for (split, label) in [
-        (Split::BaselineTrain, "benign"),
-        (Split::BaselineTrain, "malicious"),
-        (Split::HardTest, "benign"),
-        (Split::HardTest, "malicious"),
-        (Split::EasyTest, "benign"),
-        (Split::EasyTest, "malicious"),
+        (Split::BaselineTrain, Label::Benign),
+        (Split::BaselineTrain, Label::Malicious),
+        (Split::HardTest, Label::Benign),
+        (Split::HardTest, Label::Malicious),
+        (Split::EasyTest, Label::Benign),
+        (Split::EasyTest, Label::Malicious),
     ] {
         assert!(
-            in_split(split).any(|l| l.label == label),
+            in_split(split).any(|l| l.label == Some(label)),
             "{split:?} has no {label} line"
         );
     }
     // The hard test's benign side is rare benign (tail) only; its scripts never reach the stream.
     let hard_scripts: HashSet<&str> = in_split(Split::HardTest)
-        .filter(|l| l.label == "benign")
+        .filter(|l| l.label == Some(Label::Benign))
         .map(|l| {
             assert_eq!(l.role, Role::Tail);
             l.origin.as_str()
@@ -80,11 +75,11 @@ fn splits_keep_groups_apart_and_are_deterministic() {
     // Malicious hard-test lines come from techniques the baseline never saw (the sample has
     // no `technique` field, so the ATT&CK test file in `source` is the group key).
     let seen: HashSet<&str> = in_split(Split::BaselineTrain)
-        .filter(|l| l.label == "malicious")
+        .filter(|l| l.label == Some(Label::Malicious))
         .map(|l| l.origin.as_str())
         .collect();
     let unseen: Vec<&str> = in_split(Split::HardTest)
-        .filter(|l| l.label == "malicious")
+        .filter(|l| l.label == Some(Label::Malicious))
         .map(|l| l.origin.as_str())
         .collect();
     assert!(!seen.is_empty() && !unseen.is_empty());
@@ -131,7 +126,10 @@ fn splits_keep_groups_apart_and_are_deterministic() {
     );
     // The stream's malicious share respects its cap; counts are heavy-tailed.
     let stream: Vec<&datasets::Line> = lines.iter().filter(|l| l.count > 0).collect();
-    let malicious = stream.iter().filter(|l| l.label == "malicious").count() as f64;
+    let malicious = stream
+        .iter()
+        .filter(|l| l.label == Some(Label::Malicious))
+        .count() as f64;
     assert!(malicious / stream.len() as f64 <= cfg.stream_malicious_share + 1e-9);
     let max = stream.iter().map(|l| l.count).max().unwrap();
     assert_eq!(max, cfg.stream_max_count);
@@ -193,7 +191,7 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
     let out = tmp.path().join("run");
     let cfg = tiny_config(&out);
     let config_path = write_config(tmp.path(), &cfg);
-    let args = RunArgs {
+    let args = RunRequest {
         config: config_path.clone(),
         out: None,
         data_only: false,
@@ -327,7 +325,7 @@ fn config_errors_say_what_to_fix() {
 
 #[test]
 fn overrides_are_applied_and_reported_in_the_command() {
-    let args = RunArgs {
+    let args = RunRequest {
         config: PathBuf::from("configs/full.toml"),
         out: Some(PathBuf::from("runs/b")),
         data_only: false,

@@ -2,13 +2,13 @@
 //! plus the reader and clustering library API.
 
 use longtail::ingest::{self, MinHashConfig, ReadOptions, SkipReason};
-use longtail::table;
+use longtail::io::table;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_longtail"));
+    let mut c = crate::util::longtail();
     c.arg("-q");
     c
 }

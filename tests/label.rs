@@ -2,9 +2,11 @@
 //! HTTP/1.1): answers, faults (500, 429 + Retry-After, timeouts, malformed JSON, truncation,
 //! 401, 400), prompt injection, budget, cache and resume after SIGKILL, the oracle, the CLI.
 
+use crate::util::column;
+use longtail::Label;
 use longtail::label::{
-    AnswerCache, KnownLabel, LabelConfig, LabelResult, LlmConfig, LlmLabeler, OracleLabeler,
-    Prompt, Verdict, label_candidates_blocking,
+    AnswerCache, LabelConfig, LabelResult, LlmConfig, LlmLabeler, OracleLabeler, Prompt, Verdict,
+    label_candidates_blocking,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -328,7 +330,7 @@ fn verdicts_explanations_and_strict_parsing() {
             ls.tokens,
             ls.attempts,
             ls.error.as_deref(),
-            ls.flag.as_deref()
+            ls.flag_text().as_deref()
         ),
         (50, 1, None, None)
     );
@@ -561,7 +563,7 @@ fn injection_attempts_never_buy_augmentation() {
             "the scripted model was fooled: {}",
             r.cmd
         );
-        assert_eq!(r.flag.as_deref(), Some("injection"), "{}", r.cmd);
+        assert_eq!(r.flag_text().as_deref(), Some("injection"), "{}", r.cmd);
         assert!(
             r.flag_reason
                 .as_deref()
@@ -611,16 +613,16 @@ fn self_consistency_is_benign_only_if_all_samples_agree() {
     let r = by_cmd(&results);
     assert_eq!(server.received(), 9);
     assert_eq!(
-        (r["clean"].verdict, r["clean"].flag.as_deref()),
+        (r["clean"].verdict, r["clean"].flag_text().as_deref()),
         (Verdict::Benign, None)
     );
     assert_eq!(r["clean"].tokens, 150);
     assert_eq!(
-        (r["mixed"].verdict, r["mixed"].flag.as_deref()),
+        (r["mixed"].verdict, r["mixed"].flag_text().as_deref()),
         (Verdict::Malicious, Some("disagreement"))
     );
     assert_eq!(
-        (r["vague"].verdict, r["vague"].flag.as_deref()),
+        (r["vague"].verdict, r["vague"].flag_text().as_deref()),
         (Verdict::Unparsed, Some("disagreement"))
     );
     assert!(
@@ -804,12 +806,12 @@ fn truncated_answers_are_asked_again_after_raising_the_limit() {
 
 // ---------------------------------------------------------------- oracle
 
-fn oracle_labels(n: usize) -> HashMap<String, KnownLabel> {
+fn oracle_labels(n: usize) -> HashMap<String, Label> {
     (0..n)
         .flat_map(|i| {
             [
-                (format!("benign {i}"), KnownLabel::Benign),
-                (format!("evil {i}"), KnownLabel::Malicious),
+                (format!("benign {i}"), Label::Benign),
+                (format!("evil {i}"), Label::Malicious),
             ]
         })
         .collect()
@@ -827,7 +829,7 @@ fn oracle_answers_known_labels_and_hits_the_target_precisions() {
         let truth = labels[&r.cmd];
         assert_eq!(
             r.verdict == Verdict::Benign,
-            truth == KnownLabel::Benign,
+            truth == Label::Benign,
             "{}",
             r.cmd
         );
@@ -840,13 +842,13 @@ fn oracle_answers_known_labels_and_hits_the_target_precisions() {
             OracleLabeler::from_labels(labels.clone(), "mem", Some(0.8), Some(0.9), seed).unwrap();
         label_candidates_blocking(&cmds, &o, &run_cfg()).unwrap()
     };
-    let precision = |results: &[LabelResult], v: Verdict, truth: KnownLabel| {
+    let precision = |results: &[LabelResult], v: Verdict, truth: Label| {
         let given: Vec<_> = results.iter().filter(|r| r.verdict == v).collect();
         given.iter().filter(|r| labels[&r.cmd] == truth).count() as f64 / given.len() as f64
     };
     let a = noisy(1);
-    let pb = precision(&a, Verdict::Benign, KnownLabel::Benign);
-    let pm = precision(&a, Verdict::Malicious, KnownLabel::Malicious);
+    let pb = precision(&a, Verdict::Benign, Label::Benign);
+    let pm = precision(&a, Verdict::Malicious, Label::Malicious);
     assert!(
         (pb - 0.8).abs() < 0.01 && (pm - 0.9).abs() < 0.01,
         "achieved {pb} {pm}"
@@ -859,16 +861,7 @@ fn oracle_answers_known_labels_and_hits_the_target_precisions() {
 // ---------------------------------------------------------------- the CLI
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_longtail"));
-    for var in [
-        "OPENAI_API_KEY",
-        "LONGTAIL_LLM_URL",
-        "LONGTAIL_LLM_MODEL",
-        "RUST_LOG",
-    ] {
-        c.env_remove(var);
-    }
-    c
+    crate::util::longtail()
 }
 
 fn write_candidates(path: &Path, cmds: &[String], labels: Option<&[&str]>) {
@@ -885,22 +878,14 @@ fn write_candidates(path: &Path, cmds: &[String], labels: Option<&[&str]>) {
     if let Some(l) = labels {
         cols.push(("label", Arc::new(StringArray::from_iter_values(l.iter()))));
     }
-    longtail::table::write_parquet(path, &RecordBatch::try_from_iter(cols).unwrap()).unwrap();
-}
-
-fn column(path: &Path, name: &str) -> Vec<Option<String>> {
-    longtail::table::read_parquet(path)
-        .unwrap()
-        .iter()
-        .flat_map(|b| longtail::table::strings(b, name, path).unwrap())
-        .collect()
+    longtail::io::table::write_parquet(path, &RecordBatch::try_from_iter(cols).unwrap()).unwrap();
 }
 
 fn all_text(path: &Path) -> String {
     let mut out = String::new();
-    for batch in longtail::table::read_parquet(path).unwrap() {
+    for batch in longtail::io::table::read_parquet(path).unwrap() {
         for field in batch.schema().fields() {
-            if let Ok(col) = longtail::table::strings(&batch, field.name(), path) {
+            if let Ok(col) = longtail::io::table::strings(&batch, field.name(), path) {
                 out.extend(col.into_iter().flatten());
             }
         }
@@ -983,8 +968,8 @@ fn cli_writes_three_files_and_never_leaks_the_key() {
         ["ls -la", "retry me"]
     );
     assert_eq!(column(&review, "cmd").len(), 2, "malicious + injection");
-    let counts = longtail::table::numbers(
-        &longtail::table::read_parquet(&augment).unwrap()[0],
+    let counts = longtail::io::table::numbers(
+        &longtail::io::table::read_parquet(&augment).unwrap()[0],
         "count",
         &augment,
     )
@@ -1101,7 +1086,7 @@ fn cli_handles_empty_and_null_commands_and_empty_input() {
         Some("unknown to the oracle"),
     ]);
     let batch = RecordBatch::try_from_iter([("cmd", Arc::new(cmds) as _)]).unwrap();
-    longtail::table::write_parquet(&input, &batch).unwrap();
+    longtail::io::table::write_parquet(&input, &batch).unwrap();
     let out = dir.path().join("o.parquet");
     let run = |input: &Path| {
         bin()
@@ -1132,7 +1117,7 @@ fn cli_handles_empty_and_null_commands_and_empty_input() {
     );
 
     let empty = dir.path().join("empty.parquet");
-    longtail::table::write_parquet(&empty, &batch.slice(0, 0)).unwrap();
+    longtail::io::table::write_parquet(&empty, &batch.slice(0, 0)).unwrap();
     let o = run(&empty);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(column(&out, "verdict").len(), 0);
@@ -1258,7 +1243,7 @@ fn cli_resumes_after_sigkill_without_asking_again() {
 
 /// Engine overhead against the scripted server (no model): answers per second with and
 /// without the fsync'd cache. Not a timed test; run it with
-/// `cargo test --release --test label -- --ignored --nocapture engine_throughput`.
+/// `cargo test --release --test integration -- --ignored --nocapture engine_throughput`.
 #[test]
 #[ignore]
 fn engine_throughput() {
@@ -1287,7 +1272,7 @@ fn engine_throughput() {
 
 /// How often the injection filter fires on the shared corpora (real command lines): the cost
 /// of the filter in lost benign augmentation candidates. Not a timed test; run with
-/// `cargo test --release --test label -- --ignored --nocapture injection_filter_rates`.
+/// `cargo test --release --test integration -- --ignored --nocapture injection_filter_rates`.
 #[test]
 #[ignore]
 fn injection_filter_rates_on_shared_corpora() {

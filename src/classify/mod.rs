@@ -1,26 +1,25 @@
 //! Stage 5: the CNN command-line classifier ([`model`]), trained through the shared loop
 //! ([`fit`]) on a labeled baseline plus benign augmentation lines ([`data`]), used by
-//! `classify`, compared by `evaluate` and packaged by `export` ([`cli`]).
+//! `classify` ([`score_io`]), compared by `evaluate` ([`compare`]) and packaged by `export`
+//! ([`export`]).
 //!
 //! A classifier directory holds `config.json` ([`ClassifierBundle`]: architecture, training
 //! settings, data summary, training history, validation metrics), `model.safetensors`,
 //! `threshold.json` ([`Threshold`]), `tokenizer.json` for BPE models ([`tokens`]) and, while
 //! training, `checkpoint/`.
 
-pub mod cli;
+pub mod compare;
 pub mod data;
+pub mod export;
 pub mod fit;
 pub mod model;
+pub mod score_io;
 pub mod tokens;
 
-pub use cli::{
-    ClassifyArgs, EvaluateArgs, ExportArgs, TrainArgs, classify_cli, evaluate_cli, export_cli,
-    train_cli,
-};
-
+use crate::Globals;
 use crate::error::{Context, Result};
 use crate::train::{OptimConfig, TrainState};
-use crate::{Globals, table};
+use crate::vocab::ThresholdMethod;
 use burn::module::Module;
 use burn::tensor::Device;
 use data::DataSummary;
@@ -64,7 +63,7 @@ pub struct ValidationSummary {
     /// `None` when the validation split holds a single class.
     pub roc_auc: Option<f64>,
     pub pr_auc: Option<f64>,
-    /// ROC AUC after each epoch of the last training process.
+    /// ROC AUC after each epoch (a resumed run's earlier epochs included).
     pub roc_auc_per_epoch: Vec<Option<f64>>,
 }
 
@@ -98,7 +97,7 @@ pub struct Threshold {
     ///   (fewer than 1/target_fpr), so the threshold lies just above the highest benign
     ///   validation score: the lowest FPR reachable on that split (0 of its benign lines);
     /// - `default`: 0.5, because validation has no benign line at all (see `note`).
-    pub method: String,
+    pub method: ThresholdMethod,
     pub target_fpr: f64,
     /// Rates on the validation split at this threshold (when it has both classes).
     pub validation_fpr: Option<f64>,
@@ -120,7 +119,7 @@ impl Threshold {
         );
         let default = |note: String| Threshold {
             threshold: 0.5,
-            method: "default".into(),
+            method: ThresholdMethod::Default,
             target_fpr,
             validation_fpr: None,
             validation_tpr: None,
@@ -143,7 +142,7 @@ impl Threshold {
             let threshold = next_above(max_benign);
             return Threshold {
                 threshold,
-                method: "validation_zero_fpr".into(),
+                method: ThresholdMethod::ValidationZeroFpr,
                 target_fpr,
                 validation_fpr: Some(0.0),
                 validation_tpr: None,
@@ -165,7 +164,7 @@ impl Threshold {
         match curve.tpr_at_fpr(target_fpr) {
             Ok(p) if p.resolvable => Threshold {
                 threshold: p.threshold,
-                method: "validation_fpr".into(),
+                method: ThresholdMethod::ValidationFpr,
                 target_fpr,
                 validation_fpr: Some(p.fpr),
                 validation_tpr: Some(p.tpr),
@@ -177,7 +176,7 @@ impl Threshold {
             // scored above every benign line: its threshold lies above the highest benign score.
             Ok(p) => Threshold {
                 threshold: p.threshold,
-                method: "validation_zero_fpr".into(),
+                method: ThresholdMethod::ValidationZeroFpr,
                 target_fpr,
                 validation_fpr: Some(p.fpr),
                 validation_tpr: Some(p.tpr),
@@ -219,7 +218,7 @@ impl Classifier {
                 dir.display()
             )));
         }
-        let bundle: ClassifierBundle = data::read_json(&cfg_path, "classifier config")?;
+        let bundle: ClassifierBundle = crate::io::read_json(&cfg_path, "classifier config")?;
         if bundle.format != FORMAT {
             return Err(crate::Error::input(format!(
                 "{} has format {:?}; this longtail reads {FORMAT:?}: retrain or use a matching release",
@@ -230,8 +229,8 @@ impl Classifier {
         bundle.config.model.validate()?;
         let model_cfg = &bundle.config.model;
         let tokens = Tokens::load(dir, model_cfg.tokenizer, model_cfg.vocab())?;
-        let threshold: Threshold = data::read_json(&dir.join("threshold.json"), "threshold")?;
-        let chosen = crate::device::resolve(globals.device)?;
+        let threshold: Threshold = crate::io::read_json(&dir.join("threshold.json"), "threshold")?;
+        let chosen = globals.device.clone();
         let model = bundle.config.model.init(&chosen.device);
         let model = crate::train::load_weights(model, &dir.join("model.safetensors"))?.valid();
         Ok(Self {
@@ -280,12 +279,7 @@ impl Classifier {
 
 /// Write `config.json` atomically.
 pub fn write_bundle(dir: &Path, bundle: &ClassifierBundle) -> Result<()> {
-    table::write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(bundle)
-            .expect("plain data")
-            .as_bytes(),
-    )
+    crate::io::write_json(&dir.join("config.json"), bundle)
 }
 
 /// What [`train`] is asked to do.
@@ -302,7 +296,7 @@ pub struct TrainRequest<'a> {
 /// tokenizer.json for BPE tokens (trained on the training split, or taken from `--init`).
 pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> {
     let mut config = req.config.clone();
-    let chosen = crate::device::resolve(globals.device)?;
+    let chosen = globals.device.clone();
     let train_device = chosen.device.clone().autodiff();
     let mut init_tokens = None;
     let init = match req.init {
@@ -327,7 +321,7 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
     config.validate()?;
     let cfg_path = req.out.join("config.json");
     if req.resume && cfg_path.exists() {
-        let previous: ClassifierBundle = data::read_json(&cfg_path, "classifier config")?;
+        let previous: ClassifierBundle = crate::io::read_json(&cfg_path, "classifier config")?;
         if previous.config != config {
             return Err(crate::Error::input(format!(
                 "--resume: {} was started with a different config; rerun without --resume \
@@ -393,24 +387,19 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         &outcome.val_labels,
         config.training.threshold_fpr,
     );
-    match threshold.method.as_str() {
-        "default" => tracing::warn!("threshold 0.5 (default): {}", threshold.note),
-        "validation_zero_fpr" => tracing::warn!(
+    match threshold.method {
+        ThresholdMethod::Default => tracing::warn!("threshold 0.5 (default): {}", threshold.note),
+        ThresholdMethod::ValidationZeroFpr => tracing::warn!(
             "threshold {:.6} (above every benign validation score): {}",
             threshold.threshold,
             threshold.note
         ),
-        _ => {}
+        ThresholdMethod::ValidationFpr => {}
     }
     bundle.pos_weight = outcome.pos_weight;
     bundle.train_lines = outcome.train_lines;
     bundle.training = Some(outcome.state);
-    table::write_atomic(
-        &req.out.join("threshold.json"),
-        serde_json::to_string_pretty(&threshold)
-            .expect("plain data")
-            .as_bytes(),
-    )?;
+    crate::io::write_json(&req.out.join("threshold.json"), &threshold)?;
     write_bundle(req.out, &bundle)?;
     Ok(bundle)
 }
@@ -434,8 +423,7 @@ fn training_tokens(
         return Tokens::load(req.out, cfg.tokenizer, cfg.vocab());
     }
     let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
-    let (train_idx, _) =
-        crate::detect::autoencoder::split_train_val(&texts, config.training.val_fraction);
+    let (train_idx, _) = crate::data::split_train_val(&texts, config.training.val_fraction);
     let spinner = crate::progress::spinner("training the BPE vocabulary", "lines");
     let start = std::time::Instant::now();
     let tokens = Tokens::train_bpe(
@@ -463,6 +451,7 @@ pub fn parameter_count(model: &CnnClassifier) -> usize {
 #[cfg(test)]
 mod tests {
     use super::Threshold;
+    use crate::vocab::ThresholdMethod;
 
     /// `n` evenly spaced scores in `[lo, hi]`.
     fn spread(n: usize, lo: f64, hi: f64) -> Vec<f64> {
@@ -482,7 +471,7 @@ mod tests {
         // 200 benign lines cannot resolve FPR 1e-3; the classes overlap in [0.4, 0.6].
         let (scores, labels) = set(&spread(200, 0.0, 0.6), &spread(50, 0.4, 1.0));
         let t = Threshold::choose(&scores, &labels, 1e-3);
-        assert_eq!(t.method, "validation_zero_fpr", "{t:?}");
+        assert_eq!(t.method, ThresholdMethod::ValidationZeroFpr, "{t:?}");
         assert!(t.threshold > 0.6 && t.threshold < 0.62, "{t:?}");
         let flagged_benign = scores[..200].iter().filter(|&&s| s >= t.threshold).count();
         assert_eq!(flagged_benign, 0);
@@ -501,7 +490,7 @@ mod tests {
     fn enough_benign_lines_resolve_the_target() {
         let (scores, labels) = set(&spread(2000, 0.0, 0.6), &spread(50, 0.4, 1.0));
         let t = Threshold::choose(&scores, &labels, 1e-3);
-        assert_eq!(t.method, "validation_fpr", "{t:?}");
+        assert_eq!(t.method, ThresholdMethod::ValidationFpr, "{t:?}");
         // Two benign lines may be flagged: the threshold lies between the 2nd and 3rd highest.
         let flagged_benign = scores[..2000].iter().filter(|&&s| s >= t.threshold).count();
         assert_eq!(flagged_benign, 2, "{t:?}");
@@ -512,11 +501,11 @@ mod tests {
     fn single_class_validation() {
         let (scores, labels) = set(&spread(30, 0.1, 0.7), &[]);
         let t = Threshold::choose(&scores, &labels, 1e-3);
-        assert_eq!(t.method, "validation_zero_fpr");
+        assert_eq!(t.method, ThresholdMethod::ValidationZeroFpr);
         assert!(t.threshold > 0.7 && t.threshold < 0.7001, "{t:?}");
         let (scores, labels) = set(&[], &spread(30, 0.1, 0.7));
         let t = Threshold::choose(&scores, &labels, 1e-3);
-        assert_eq!((t.method.as_str(), t.threshold), ("default", 0.5));
+        assert_eq!((t.method, t.threshold), (ThresholdMethod::Default, 0.5));
         assert!(t.note.contains("no benign line"), "{}", t.note);
     }
 }

@@ -135,7 +135,7 @@ impl Tokens {
                 let text = t
                     .to_string(true)
                     .map_err(|e| Error::runtime(format!("cannot serialise the tokenizer: {e}")))?;
-                crate::table::write_atomic(&dir.join(TOKENIZER_FILE), text.as_bytes())
+                crate::io::table::write_atomic(&dir.join(TOKENIZER_FILE), text.as_bytes())
             }
         }
     }

@@ -1,10 +1,12 @@
 //! Training and scoring the byte autoencoder.
 
-use super::batching::{HostBatch, bucket_by_length, chunk_line};
+use super::batching::{HostBatch, chunk_line};
 use super::model::{AutoencoderConfig, ByteAutoencoder, Objective};
 use crate::Result;
-use crate::train::{Batch, OptimConfig, RunDir, TrainState, Trainer};
-use burn::tensor::Device;
+use crate::data::batching::bucket_by_length;
+use crate::data::split::split_train_val;
+use crate::train::{Batch, Metrics, OptimConfig, RunDir, RunSpec, Task, TrainState, fit};
+use burn::tensor::{Device, Tensor};
 use rand::distr::weighted::WeightedIndex;
 use rand::prelude::*;
 use rand::rngs::StdRng;
@@ -37,24 +39,6 @@ impl Default for SamplingConfig {
             batch_tokens: 8192,
         }
     }
-}
-
-/// Split unique lines into train and validation by a hash of the text, so the split does not
-/// depend on input order and near-identical reruns keep the same split.
-pub fn split_train_val(lines: &[Vec<u8>], val_fraction: f64) -> (Vec<usize>, Vec<usize>) {
-    let cut = (val_fraction.clamp(0.0, 0.5) * u64::MAX as f64) as u64;
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (i, l) in lines.iter().enumerate() {
-        if xxhash_rust::xxh3::xxh3_64_with_seed(l, 0x5eed) < cut {
-            val.push(i)
-        } else {
-            train.push(i)
-        }
-    }
-    if train.is_empty() {
-        std::mem::swap(&mut train, &mut val);
-    }
-    (train, val)
 }
 
 /// Pick a random mask of roughly `p` of the positions, at least one.
@@ -106,7 +90,7 @@ fn window_of(len: usize, max_len: usize, rng: &mut StdRng) -> (usize, usize) {
     }
 }
 
-fn batch_loss(model: &ByteAutoencoder, hb: &HostBatch, device: &Device) -> burn::tensor::Tensor<1> {
+fn batch_loss(model: &ByteAutoencoder, hb: &HostBatch, device: &Device) -> Tensor<1> {
     let b = hb.to_device(device);
     let nll = model.byte_nll(b.inputs, b.pad, b.targets);
     (nll * b.weight.clone()).sum() / b.weight.sum().clamp_min(1.0)
@@ -123,7 +107,85 @@ pub struct TrainSetup<'a> {
     pub resume: bool,
 }
 
-/// Train on unique `lines` with their stream `counts`. Returns the best model by validation loss.
+/// The autoencoder as a [`Task`]: each epoch draws `per_epoch` windows of training lines,
+/// weighted by stream count; validation is the masked (or bottleneck) loss on fixed windows.
+struct AutoencoderTask<'a> {
+    cfg: &'a AutoencoderConfig,
+    sampling: &'a SamplingConfig,
+    lines: &'a [Vec<u8>],
+    train_idx: Vec<usize>,
+    sampler: WeightedIndex<f64>,
+    per_epoch: usize,
+    seed: u64,
+    val_batches: Vec<HostBatch>,
+}
+
+impl Task for AutoencoderTask<'_> {
+    type Model = ByteAutoencoder;
+    type Batch = HostBatch;
+
+    fn name(&self) -> &str {
+        "detector"
+    }
+
+    fn steps_per_epoch(&self) -> usize {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let lens: Vec<usize> = (0..self.per_epoch)
+            .map(|_| {
+                self.lines[self.train_idx[self.sampler.sample(&mut rng)]]
+                    .len()
+                    .min(self.cfg.max_len)
+            })
+            .collect();
+        bucket_by_length(&lens, self.sampling.max_batch, self.sampling.batch_tokens).len()
+    }
+
+    fn epoch_batches(&self, epoch: usize) -> Vec<Batch<HostBatch>> {
+        let mut rng = StdRng::seed_from_u64(
+            self.seed
+                .wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
+        );
+        let pieces: Vec<_> = (0..self.per_epoch)
+            .map(|_| {
+                let i = self.train_idx[self.sampler.sample(&mut rng)];
+                let (s, e) = window_of(self.lines[i].len(), self.cfg.max_len, &mut rng);
+                (i, s, e)
+            })
+            .collect();
+        let mut batches = make_batches(self.cfg, self.sampling, self.lines, &pieces, &mut rng);
+        batches.shuffle(&mut rng);
+        batches
+            .into_iter()
+            .map(|hb| Batch {
+                lines: hb.batch,
+                data: hb,
+            })
+            .collect()
+    }
+
+    fn loss(&self, model: &ByteAutoencoder, batch: &HostBatch, device: &Device) -> Tensor<1> {
+        batch_loss(model, batch, device)
+    }
+
+    fn validate(&self, model: &ByteAutoencoder, device: &Device) -> Result<Metrics> {
+        let (mut sum, mut w) = (0.0f64, 0.0f64);
+        for hb in &self.val_batches {
+            let weight: f64 = hb.weight.iter().map(|&x| x as f64).sum();
+            let l: f32 = batch_loss(model, hb, device).into_scalar();
+            sum += l as f64 * weight;
+            w += weight;
+        }
+        let loss = if self.val_batches.is_empty() {
+            f64::NAN
+        } else {
+            sum / w.max(1.0)
+        };
+        Ok(Metrics::from([("loss".to_string(), loss)]))
+    }
+}
+
+/// Train on unique `lines` with their stream `counts`. Returns the best model by the
+/// monitored validation metric (the loss by default).
 pub fn train(
     setup: &TrainSetup,
     lines: &[Vec<u8>],
@@ -134,10 +196,14 @@ pub fn train(
     if lines.is_empty() {
         return Err(crate::Error::input("no lines to train on"));
     }
-    let train_device = setup.device.clone().autodiff();
-    setup.device.seed(setup.seed);
-    train_device.seed(setup.seed);
-    let model = cfg.init(&train_device);
+    let spec = RunSpec::new(
+        setup.optim,
+        setup.run,
+        setup.device,
+        setup.seed,
+        setup.resume,
+    );
+    let model = cfg.init(&spec.train_device);
     let (train_idx, val_idx) = split_train_val(lines, setup.sampling.val_fraction);
     let weights: Vec<f64> = train_idx
         .iter()
@@ -159,68 +225,17 @@ pub fn train(
         })
         .collect();
     let val_batches = make_batches(cfg, setup.sampling, lines, &val_pieces, &mut val_rng);
-    let seed = setup.seed;
-    let epoch_batches = |epoch: usize| {
-        let mut rng = StdRng::seed_from_u64(
-            seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
-        );
-        let pieces: Vec<_> = (0..per_epoch)
-            .map(|_| {
-                let i = train_idx[sampler.sample(&mut rng)];
-                let (s, e) = window_of(lines[i].len(), cfg.max_len, &mut rng);
-                (i, s, e)
-            })
-            .collect();
-        let mut batches = make_batches(cfg, setup.sampling, lines, &pieces, &mut rng);
-        batches.shuffle(&mut rng);
-        batches
-            .into_iter()
-            .map(|hb| Batch {
-                lines: hb.batch,
-                data: hb,
-            })
-            .collect()
-    };
-    let steps_per_epoch = {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let lens: Vec<usize> = (0..per_epoch)
-            .map(|_| {
-                lines[train_idx[sampler.sample(&mut rng)]]
-                    .len()
-                    .min(cfg.max_len)
-            })
-            .collect();
-        bucket_by_length(&lens, setup.sampling.max_batch, setup.sampling.batch_tokens).len()
-    };
-    let trainer = Trainer {
-        cfg: setup.optim,
-        run: setup.run,
-        device: &train_device,
+    let task = AutoencoderTask {
+        cfg,
+        sampling: setup.sampling,
+        lines,
+        train_idx,
+        sampler,
+        per_epoch,
         seed: setup.seed,
-        resume: setup.resume,
-        what: "detector",
+        val_batches,
     };
-    let device = train_device.clone();
-    let infer_device = setup.device.clone();
-    trainer.fit(
-        model,
-        steps_per_epoch,
-        epoch_batches,
-        |m, hb| batch_loss(m, hb, &device),
-        |m| {
-            if val_batches.is_empty() {
-                return Ok(f64::NAN);
-            }
-            let (mut sum, mut w) = (0.0f64, 0.0f64);
-            for hb in &val_batches {
-                let weight: f64 = hb.weight.iter().map(|&x| x as f64).sum();
-                let l: f32 = batch_loss(m, hb, &infer_device).into_scalar();
-                sum += l as f64 * weight;
-                w += weight;
-            }
-            Ok(sum / w.max(1.0))
-        },
-    )
+    fit(&spec, &task, model)
 }
 
 /// A line's anomaly evidence from the autoencoder.

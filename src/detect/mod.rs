@@ -13,15 +13,17 @@ pub mod features;
 pub mod iforest;
 pub mod model;
 
+use crate::Globals;
+use crate::data::mean_rank_fusion;
 use crate::error::{Context, Error, Result};
+use crate::io::table;
 use crate::train::{OptimConfig, RunDir, TrainState};
-use crate::{Globals, table};
 use arrow::array::{ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use autoencoder::{LineScore, SamplingConfig};
 use burn::module::Module;
 use iforest::{IForestConfig, IsolationForest};
-use model::{AutoencoderConfig, ByteAutoencoder, Objective};
+use model::{AutoencoderConfig, ByteAutoencoder};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,7 +59,7 @@ pub struct DetectorBundle {
     pub training: Option<TrainState>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DetectorKind {
     Autoencoder,
@@ -66,48 +68,27 @@ pub enum DetectorKind {
     Combined,
 }
 
+crate::vocab::named_enum!(DetectorKind {
+    Autoencoder => "autoencoder",
+    Iforest => "iforest",
+    Combined => "combined",
+});
+
 /// Unique lines and their stream counts. Parquet (e.g. `ingest` output) uses its `count`
 /// column when present; any other format `ingest` reads (JSONL, CSV, text, compressed) counts
 /// each row once. Lines seen twice are merged.
 pub fn load_lines(inputs: &[PathBuf]) -> Result<(Vec<String>, Vec<u64>)> {
     let mut index: std::collections::HashMap<String, usize> = Default::default();
     let (mut lines, mut counts) = (Vec::new(), Vec::new());
-    let mut add = |cmd: &str, c: u64| match index.get(cmd) {
-        Some(&i) => counts[i] += c,
-        None => {
-            index.insert(cmd.to_string(), lines.len());
-            lines.push(cmd.to_string());
-            counts.push(c);
-        }
-    };
-    for path in inputs {
-        if path.extension().is_some_and(|e| e == "parquet") {
-            for batch in table::read_parquet(path)? {
-                let cmds = table::strings(&batch, "cmd", path)?;
-                let cnt = if table::has_column(&batch, "count") {
-                    table::numbers(&batch, "count", path)?
-                } else {
-                    vec![1.0; cmds.len()]
-                };
-                for (cmd, c) in cmds.iter().zip(cnt) {
-                    if let Some(cmd) = cmd {
-                        add(
-                            cmd,
-                            if c.is_finite() && c >= 1.0 {
-                                c as u64
-                            } else {
-                                1
-                            },
-                        );
-                    }
-                }
+    for row in crate::io::read_labeled(inputs, false)? {
+        let c = row.count.filter(|&c| c >= 1).unwrap_or(1);
+        match index.get(&row.cmd) {
+            Some(&i) => counts[i] += c,
+            None => {
+                index.insert(row.cmd.clone(), lines.len());
+                lines.push(row.cmd);
+                counts.push(c);
             }
-        } else {
-            let opts = crate::ingest::read::ReadOptions::default();
-            crate::ingest::read::for_each_record_ref(&[path.display().to_string()], &opts, |r| {
-                add(r.cmd, 1);
-                Ok(())
-            })?;
         }
     }
     if lines.is_empty() {
@@ -130,7 +111,7 @@ pub struct TrainRequest<'a> {
 
 pub fn train(req: &TrainRequest, globals: &Globals) -> Result<DetectorBundle> {
     let run = RunDir::new(req.out)?;
-    let chosen = crate::device::resolve(globals.device)?;
+    let chosen = globals.device.clone();
     let mut bundle = DetectorBundle {
         config: req.config.clone(),
         has_autoencoder: req.autoencoder,
@@ -180,12 +161,7 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<DetectorBundle> {
 }
 
 fn write_bundle(dir: &Path, bundle: &DetectorBundle) -> Result<()> {
-    table::write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(bundle)
-            .expect("plain data")
-            .as_bytes(),
-    )
+    crate::io::write_json(&dir.join("config.json"), bundle)
 }
 
 /// A trained detector, loaded for scoring.
@@ -204,7 +180,7 @@ impl Detector {
         })?;
         let bundle: DetectorBundle =
             serde_json::from_str(&text).input_ctx(|| format!("invalid {}", cfg_path.display()))?;
-        let chosen = crate::device::resolve(globals.device)?;
+        let chosen = globals.device.clone();
         let autoencoder = if bundle.has_autoencoder {
             let model = bundle.config.model.init(&chosen.device);
             Some(crate::train::load_weights(model, &dir.join("model.safetensors"))?.valid())
@@ -233,27 +209,6 @@ pub struct Scores {
     pub score: Vec<f64>,
     pub autoencoder: Option<Vec<LineScore>>,
     pub iforest: Option<Vec<f64>>,
-}
-
-/// Normalised ranks in (0, 1]; ties share their mean rank.
-pub fn normalized_ranks(values: &[f64]) -> Vec<f64> {
-    let n = values.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
-    let mut ranks = vec![0.0; n];
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && values[order[j + 1]] == values[order[i]] {
-            j += 1;
-        }
-        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            ranks[k] = mean_rank / n as f64;
-        }
-        i = j + 1;
-    }
-    ranks
 }
 
 /// Options for scoring.
@@ -321,11 +276,7 @@ impl Detector {
         out.score = match (opts.kind, ae, &out.iforest) {
             (DetectorKind::Autoencoder, Some(a), _) => a,
             (DetectorKind::Iforest, _, Some(f)) => f.clone(),
-            (DetectorKind::Combined, Some(a), Some(f)) => normalized_ranks(&a)
-                .iter()
-                .zip(normalized_ranks(f))
-                .map(|(x, y)| (x + y) / 2.0)
-                .collect(),
+            (DetectorKind::Combined, Some(a), Some(f)) => mean_rank_fusion(&[&a, f]),
             _ => unreachable!("checked above"),
         };
         Ok(out)
@@ -365,131 +316,4 @@ pub fn write_scores(path: &Path, lines: &[String], counts: &[u64], scores: &Scor
     ];
     let batch = RecordBatch::try_new(schema, columns).runtime_ctx(|| "building the score table")?;
     table::write_parquet(path, &batch)
-}
-
-/// `longtail train-detector`
-#[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Example:\n  longtail train-detector --input lines.parquet --config configs/detector.toml --out models/detector"
-)]
-pub struct TrainArgs {
-    /// Unlabeled lines: Parquet from `longtail ingest` (`cmd`, `count`), or JSONL/CSV/text.
-    #[arg(long, short, required = true, num_args = 1..)]
-    pub input: Vec<PathBuf>,
-    /// Output directory: config.json, model.safetensors, iforest.json, checkpoint/.
-    #[arg(long, short)]
-    pub out: PathBuf,
-    /// Detector config (TOML); defaults are built in.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Which detectors to train.
-    #[arg(long, value_enum, default_value = "both")]
-    pub detector: TrainWhich,
-    /// Continue from the last finished epoch in OUT/checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override the config's number of epochs.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Override the config's objective.
-    #[arg(long, value_enum)]
-    pub objective: Option<Objective>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TrainWhich {
-    Autoencoder,
-    Iforest,
-    Both,
-}
-
-pub fn train_cli(args: &TrainArgs, globals: &Globals) -> Result<()> {
-    let mut config = match &args.config {
-        Some(p) => DetectorConfig::from_toml_file(p)?,
-        None => DetectorConfig::default(),
-    };
-    if let Some(e) = args.epochs {
-        config.optim.epochs = e;
-    }
-    if let Some(o) = args.objective {
-        config.model.objective = o;
-    }
-    config.model.validate()?;
-    let (lines, counts) = load_lines(&args.input)?;
-    tracing::info!(
-        "training on {} unique lines ({} in the stream)",
-        lines.len(),
-        counts.iter().sum::<u64>()
-    );
-    let bundle = train(
-        &TrainRequest {
-            config: &config,
-            lines: &lines,
-            counts: &counts,
-            out: &args.out,
-            autoencoder: args.detector != TrainWhich::Iforest,
-            iforest: args.detector != TrainWhich::Autoencoder,
-            resume: args.resume,
-            trained_on: args.input.iter().map(|p| p.display().to_string()).collect(),
-        },
-        globals,
-    )?;
-    if let Some(t) = &bundle.training {
-        eprintln!(
-            "trained {} epochs; best validation loss {:.4} (epoch {}); weights in {}",
-            t.epochs_done,
-            t.best_val.unwrap_or(f64::NAN),
-            t.best_epoch.map_or(0, |e| e + 1),
-            args.out.join("model.safetensors").display()
-        );
-    }
-    Ok(())
-}
-
-/// `longtail score`
-#[derive(clap::Args, Debug)]
-#[command(
-    after_help = "Example:\n  longtail score --model models/detector --input lines.parquet --out scores.parquet --detector combined"
-)]
-pub struct ScoreArgs {
-    /// Detector directory from `longtail train-detector`.
-    #[arg(long, short)]
-    pub model: PathBuf,
-    /// Lines to score: Parquet with a `cmd` column (e.g. from `longtail ingest`), or JSONL/CSV/text.
-    #[arg(long, short, required = true, num_args = 1..)]
-    pub input: Vec<PathBuf>,
-    /// Output Parquet: cmd, count, score, score_window, ae_score, iforest_score, surprises.
-    #[arg(long, short)]
-    pub out: PathBuf,
-    /// Which score to rank by.
-    #[arg(long, value_enum, default_value = "combined")]
-    pub detector: DetectorKind,
-    /// Padded byte positions per batch (memory vs. speed).
-    #[arg(long, default_value_t = 16_384)]
-    pub batch_tokens: usize,
-    /// Most surprising substrings kept per line.
-    #[arg(long, default_value_t = 3)]
-    pub top_surprises: usize,
-}
-
-pub fn score_cli(args: &ScoreArgs, globals: &Globals) -> Result<()> {
-    let detector = Detector::load(&args.model, globals)?;
-    let (lines, counts) = load_lines(&args.input)?;
-    let start = std::time::Instant::now();
-    let opts = ScoreOptions {
-        kind: args.detector,
-        batch_tokens: args.batch_tokens,
-        top_surprises: args.top_surprises,
-    };
-    let scores = detector.score(&lines, &opts)?;
-    let secs = start.elapsed().as_secs_f64();
-    write_scores(&args.out, &lines, &counts, &scores)?;
-    eprintln!(
-        "scored {} lines in {:.1}s ({:.0} lines/s) -> {}",
-        lines.len(),
-        secs,
-        lines.len() as f64 / secs.max(1e-9),
-        args.out.display()
-    );
-    Ok(())
 }

@@ -21,12 +21,16 @@ pub const PAD: i64 = 256;
 pub const MASK: i64 = 257;
 pub const VOCAB: usize = 258;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
+    /// Predict randomly masked bytes from both sides (BERT-style).
     Masked,
+    /// Reconstruct every byte through a narrow bottleneck.
     Bottleneck,
 }
+
+crate::vocab::named_enum!(Objective { Masked => "masked", Bottleneck => "bottleneck" });
 
 /// Architecture and scoring settings; saved as `config.json` beside the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

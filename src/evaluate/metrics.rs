@@ -20,6 +20,7 @@
 use crate::error::{Error, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// One point of the ROC curve: flagging `score >= threshold` gives these rates.
@@ -539,26 +540,17 @@ impl RocCurve {
             }
             self.weighted_auc(pos_w, neg_w)
         };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(resamples);
         let groups = self.scores.len();
         let mut aucs = vec![0.0; resamples];
-        std::thread::scope(|scope| {
-            for (t, chunk) in aucs.chunks_mut(resamples.div_ceil(threads)).enumerate() {
-                let (one_resample, bar) = (&one_resample, &bar);
-                let first = t * resamples.div_ceil(threads);
-                scope.spawn(move || {
-                    let (mut pos_w, mut neg_w) = (vec![0u64; groups], vec![0u64; groups]);
-                    for (i, auc) in chunk.iter_mut().enumerate() {
-                        *auc = one_resample(first + i, &mut pos_w, &mut neg_w);
-                        if let Some(bar) = bar {
-                            bar.inc(1);
-                        }
-                    }
-                });
-            }
-        });
+        aucs.par_iter_mut().enumerate().for_each_init(
+            || (vec![0u64; groups], vec![0u64; groups]),
+            |(pos_w, neg_w), (r, auc)| {
+                *auc = one_resample(r, pos_w, neg_w);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+            },
+        );
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

@@ -257,6 +257,43 @@ impl Frame {
     fn height(&self) -> f64 {
         self.bottom - self.top
     }
+
+    /// The chart's border (drawn over the data, so clipped ends look deliberate), its title
+    /// and its axis labels: the part every chart shares.
+    fn decorate(&self, svg: &mut Svg, title: &str, x_label: &str, y_label: &str) {
+        svg.rect(
+            self.left,
+            self.top,
+            self.width(),
+            self.height(),
+            r#"fill="none" stroke="black""#,
+        );
+        svg.text(
+            WIDTH / 2.0,
+            30.0,
+            "middle",
+            17.0,
+            r#"font-weight="bold""#,
+            title,
+        );
+        svg.text(
+            self.left + self.width() / 2.0,
+            HEIGHT - 30.0,
+            "middle",
+            14.0,
+            "",
+            x_label,
+        );
+        let (cx, cy) = (22.0, self.top + self.height() / 2.0);
+        svg.text(
+            cx,
+            cy,
+            "middle",
+            14.0,
+            &format!(r#"transform="rotate(-90 {cx} {cy})""#),
+            y_label,
+        );
+    }
 }
 
 /// Round tick steps (1, 2 or 5 times a power of ten) giving about `count` ticks over the range.
@@ -414,44 +451,11 @@ pub fn roc_svg(title: &str, series: &[RocSeries<'_>], scale: FprScale) -> String
     }
 
     // Frame on top of the curves so clipped ends look deliberate.
-    svg.rect(
-        frame.left,
-        frame.top,
-        frame.width(),
-        frame.height(),
-        r#"fill="none" stroke="black""#,
-    );
-
-    // Labels.
-    svg.text(
-        WIDTH / 2.0,
-        30.0,
-        "middle",
-        17.0,
-        r#"font-weight="bold""#,
-        title,
-    );
     let x_label = match scale {
         FprScale::Log => "False positive rate (log scale)",
         FprScale::Linear => "False positive rate",
     };
-    svg.text(
-        frame.left + frame.width() / 2.0,
-        HEIGHT - 30.0,
-        "middle",
-        14.0,
-        "",
-        x_label,
-    );
-    let (cx, cy) = (22.0, frame.top + frame.height() / 2.0);
-    svg.text(
-        cx,
-        cy,
-        "middle",
-        14.0,
-        &format!(r#"transform="rotate(-90 {cx} {cy})""#),
-        "True positive rate",
-    );
+    frame.decorate(&mut svg, title, x_label, "True positive rate");
     if scale == FprScale::Log {
         svg.text_raw(
             frame.left,
@@ -681,36 +685,10 @@ pub fn histogram_svg(title: &str, hist: &Histogram, markers: &[Marker]) -> Strin
         );
     }
 
-    svg.rect(
-        frame.left,
-        frame.top,
-        frame.width(),
-        frame.height(),
-        r#"fill="none" stroke="black""#,
-    );
-    svg.text(
-        WIDTH / 2.0,
-        30.0,
-        "middle",
-        17.0,
-        r#"font-weight="bold""#,
+    frame.decorate(
+        &mut svg,
         title,
-    );
-    svg.text(
-        frame.left + frame.width() / 2.0,
-        HEIGHT - 30.0,
-        "middle",
-        14.0,
-        "",
         "Score",
-    );
-    let (cx, cy) = (22.0, frame.top + frame.height() / 2.0);
-    svg.text(
-        cx,
-        cy,
-        "middle",
-        14.0,
-        &format!(r#"transform="rotate(-90 {cx} {cy})""#),
         "Fraction of the class (log scale)",
     );
 

@@ -16,7 +16,7 @@
 use super::metrics::{self, Metrics, MetricsOptions, RocCurve};
 use super::plot::{self, FprScale, Histogram, Marker, RocSeries};
 use crate::error::{Context, Error, Result};
-use crate::table::write_atomic;
+use crate::io::table::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -17,42 +17,22 @@
 //! unseen technique, stream vs hard test for rare benign scripts) by coarse group. A test line
 //! whose cluster still holds a training or stream line (possible only across roles) is dropped.
 
+use crate::data::UnionFind;
+use crate::data::minhash::{MinHashConfig, near_duplicate_clusters};
 use crate::error::{Context, Error, Result};
-use crate::ingest::minhash::{MinHashConfig, UnionFind, near_duplicate_clusters};
-use crate::ingest::read::{ReadOptions, for_each_record_ref};
-use crate::table;
+use crate::io::read::{ReadOptions, for_each_record_ref};
+use crate::io::table;
+use crate::vocab::Label;
+pub use crate::vocab::Role;
 use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use rand::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
-
-/// What a source contributes to the experiment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Common,
-    Tail,
-    Attack,
-    AttackUnseen,
-    Background,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Common => "common",
-            Role::Tail => "tail",
-            Role::Attack => "attack",
-            Role::AttackUnseen => "attack_unseen",
-            Role::Background => "background",
-        }
-    }
-}
 
 /// The key that keeps related lines of a source on one side of a "hard" split.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,8 +180,8 @@ pub enum Split {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Line {
     pub cmd: String,
-    /// `benign`, `malicious` or `unknown`.
-    pub label: String,
+    /// `None`: unknown (background telemetry).
+    pub label: Option<Label>,
     /// The file stem it came from (e.g. `runner_images`).
     pub source: String,
     /// The record's own `source` field (e.g. `actions/runner-images:images/...ps1`).
@@ -243,7 +223,7 @@ pub const EASY_TEST: &str = "test_easy.parquet";
 
 struct Raw {
     cmd: String,
-    label: String,
+    label: Option<Label>,
     source: String,
     origin: String,
     technique: Option<String>,
@@ -255,73 +235,41 @@ fn unit(seed: u64, key: &str) -> f64 {
     (xxh3_64_with_seed(key.as_bytes(), seed) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Read the sources and assign every unique line to a split.
+/// Read the sources and assign every unique line to a split: read -> group -> split ->
+/// draw the stream -> drop test lines that leak -> count.
 pub fn build(cfg: &DataConfig) -> Result<Datasets> {
     cfg.validate()?;
     let mut summary = DataSummary::default();
+    // One generator, drawn from in this order (source samples, then the stream): the splits
+    // are a function of the config alone.
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let raws = read_sources(cfg, &mut rng, &mut summary)?;
+    let groups = Groups::of(cfg, &raws)?;
+    summary.near_dup_clusters = distinct(&groups.fine_root);
+    summary.coarse_groups = distinct(&groups.coarse_root);
+    let mut lines = assign_splits(cfg, raws, &groups);
+    draw_stream(cfg, &mut lines, &mut rng);
+    summary.test_lines_dropped_for_leakage = drop_leaking_tests(&mut lines, &groups.fine_root);
+    tally(&lines, &mut summary);
+    Ok(Datasets { lines, summary })
+}
+
+fn distinct(roots: &[usize]) -> usize {
+    roots.iter().collect::<HashSet<_>>().len()
+}
+
+/// Every source's unique lines, in priority order: a command found in several sources takes
+/// the first one's role; one labeled both ways by different sources is left out.
+fn read_sources(cfg: &DataConfig, rng: &mut StdRng, summary: &mut DataSummary) -> Result<Vec<Raw>> {
     let mut raws: Vec<Raw> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut conflicted: Vec<bool> = Vec::new();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
     for spec in &cfg.sources {
-        let path = cfg.source_path(spec);
-        if !path.exists() {
-            return Err(Error::input(format!(
-                "data source {} does not exist (data.dir = {:?}, taken from the current \
-                 directory; run from the repository root or fix [data] dir / [[data.sources]] file)",
-                path.display(),
-                cfg.dir
-            )));
-        }
-        let stem = spec
-            .file
-            .split('.')
-            .next()
-            .unwrap_or(&spec.file)
-            .to_string();
-        let opts = ReadOptions {
-            keep_extra: true,
-            progress: false,
-            ..Default::default()
-        };
-        let mut rows: Vec<Raw> = Vec::new();
-        let mut seen_here: std::collections::HashSet<String> = Default::default();
-        for_each_record_ref(&[path.display().to_string()], &opts, |r| {
-            summary.records_read += 1;
-            if r.cmd.trim().is_empty() || !seen_here.insert(r.cmd.to_string()) {
-                return Ok(());
-            }
-            let field = |name: &str| {
-                r.extra
-                    .and_then(|e| e.get(name))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            };
-            let label = r.label.unwrap_or("unknown").to_ascii_lowercase();
-            let label = match label.as_str() {
-                "benign" | "malicious" => label,
-                _ => "unknown".to_string(),
-            };
-            let role = if label == "unknown" {
-                Role::Background
-            } else {
-                spec.role
-            };
-            rows.push(Raw {
-                cmd: r.cmd.to_string(),
-                origin: field("source").unwrap_or_else(|| stem.clone()),
-                technique: field("technique"),
-                label,
-                source: stem.clone(),
-                role,
-                group_by: spec.group_by,
-            });
-            Ok(())
-        })?;
+        let mut rows = read_source(cfg, spec, summary)?;
         if let Some(max) = spec.max_lines
             && rows.len() > max
         {
-            rows.shuffle(&mut rng);
+            rows.shuffle(rng);
             rows.truncate(max);
         }
         for row in rows {
@@ -329,8 +277,9 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
                 // An earlier (higher-priority) source has it; a different known label is a
                 // conflict and the line is left out.
                 Some(&i) => {
-                    let a = &raws[i].label;
-                    if a != &row.label && a != "unknown" && row.label != "unknown" {
+                    if let (Some(a), Some(b)) = (raws[i].label, row.label)
+                        && a != b
+                    {
                         conflicted[i] = true;
                     }
                 }
@@ -349,70 +298,137 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
         return Err(Error::input("the data sources hold no command lines"));
     }
     summary.unique_lines = raws.len();
+    Ok(raws)
+}
 
-    // Near-duplicate clusters (fine groups), then coarse groups by each source's key.
-    let texts: Vec<&str> = raws.iter().map(|r| r.cmd.as_str()).collect();
-    let cluster_ids = near_duplicate_clusters(
-        &texts,
-        &MinHashConfig {
-            threshold: cfg.near_dup_threshold,
-            seed: cfg.seed,
-            ..Default::default()
-        },
-    )?;
-    let n = raws.len();
-    let mut fine = UnionFind::new(n);
-    let mut coarse = UnionFind::new(n);
-    let mut first_of_cluster: HashMap<u32, usize> = HashMap::new();
-    for (i, &c) in cluster_ids.iter().enumerate() {
-        let f = *first_of_cluster.entry(c).or_insert(i);
-        fine.union(f as u32, i as u32);
-        coarse.union(f as u32, i as u32);
+/// The unique lines of one source, in file order.
+fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -> Result<Vec<Raw>> {
+    let path = cfg.source_path(spec);
+    if !path.exists() {
+        return Err(Error::input(format!(
+            "data source {} does not exist (data.dir = {:?}, taken from the current \
+             directory; run from the repository root or fix [data] dir / [[data.sources]] file)",
+            path.display(),
+            cfg.dir
+        )));
     }
-    let mut first_of_key: HashMap<String, usize> = HashMap::new();
-    for (i, r) in raws.iter().enumerate() {
-        let key = match r.group_by {
-            GroupBy::Cluster => continue,
-            GroupBy::Source => format!("{}|{}", r.source, r.origin),
-            GroupBy::Technique => match &r.technique {
-                Some(t) => format!("technique|{t}"),
-                None => format!("{}|{}", r.source, r.origin),
-            },
+    let stem = spec
+        .file
+        .split('.')
+        .next()
+        .unwrap_or(&spec.file)
+        .to_string();
+    let opts = ReadOptions {
+        keep_extra: true,
+        progress: false,
+        ..Default::default()
+    };
+    let mut rows: Vec<Raw> = Vec::new();
+    let mut seen_here: HashSet<String> = Default::default();
+    for_each_record_ref(&[path.display().to_string()], &opts, |r| {
+        summary.records_read += 1;
+        if r.cmd.trim().is_empty() || !seen_here.insert(r.cmd.to_string()) {
+            return Ok(());
+        }
+        let field = |name: &str| {
+            r.extra
+                .and_then(|e| e.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
         };
-        let f = *first_of_key.entry(key).or_insert(i);
-        coarse.union(f as u32, i as u32);
-    }
-    let fine_root: Vec<usize> = (0..n).map(|i| fine.find(i as u32) as usize).collect();
-    let coarse_root: Vec<usize> = (0..n).map(|i| coarse.find(i as u32) as usize).collect();
-    summary.near_dup_clusters = fine_root
-        .iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    summary.coarse_groups = coarse_root
-        .iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    // A group's position in [0, 1) comes from its root line's text: stable under reordering.
-    let u_fine: Vec<f64> = fine_root
-        .iter()
-        .map(|&r| unit(cfg.seed, &raws[r].cmd))
-        .collect();
-    let u_coarse: Vec<f64> = coarse_root
-        .iter()
-        .map(|&r| unit(cfg.seed ^ 0x9e37_79b9, &raws[r].cmd))
-        .collect();
+        let label = Label::parse_opt(r.label);
+        rows.push(Raw {
+            cmd: r.cmd.to_string(),
+            origin: field("source").unwrap_or_else(|| stem.clone()),
+            technique: field("technique"),
+            label,
+            source: stem.clone(),
+            // A line without a known label is background, whatever its source's role.
+            role: if label.is_some() {
+                spec.role
+            } else {
+                Role::Background
+            },
+            group_by: spec.group_by,
+        });
+        Ok(())
+    })?;
+    Ok(rows)
+}
 
-    let mut lines: Vec<Line> = raws
-        .into_iter()
+/// Near-duplicate clusters (fine groups) and coarse groups by each source's key, with each
+/// group's position in [0, 1) (from its root line's text: stable under reordering).
+struct Groups {
+    fine_root: Vec<usize>,
+    coarse_root: Vec<usize>,
+    u_fine: Vec<f64>,
+    u_coarse: Vec<f64>,
+}
+
+impl Groups {
+    fn of(cfg: &DataConfig, raws: &[Raw]) -> Result<Groups> {
+        let texts: Vec<&str> = raws.iter().map(|r| r.cmd.as_str()).collect();
+        let cluster_ids = near_duplicate_clusters(
+            &texts,
+            &MinHashConfig {
+                threshold: cfg.near_dup_threshold,
+                seed: cfg.seed,
+                ..Default::default()
+            },
+        )?;
+        let n = raws.len();
+        let mut fine = UnionFind::new(n);
+        let mut coarse = UnionFind::new(n);
+        let mut first_of_cluster: HashMap<u32, usize> = HashMap::new();
+        for (i, &c) in cluster_ids.iter().enumerate() {
+            let f = *first_of_cluster.entry(c).or_insert(i);
+            fine.union(f as u32, i as u32);
+            coarse.union(f as u32, i as u32);
+        }
+        let mut first_of_key: HashMap<String, usize> = HashMap::new();
+        for (i, r) in raws.iter().enumerate() {
+            let key = match r.group_by {
+                GroupBy::Cluster => continue,
+                GroupBy::Source => format!("{}|{}", r.source, r.origin),
+                GroupBy::Technique => match &r.technique {
+                    Some(t) => format!("technique|{t}"),
+                    None => format!("{}|{}", r.source, r.origin),
+                },
+            };
+            let f = *first_of_key.entry(key).or_insert(i);
+            coarse.union(f as u32, i as u32);
+        }
+        let fine_root: Vec<usize> = (0..n).map(|i| fine.find(i as u32) as usize).collect();
+        let coarse_root: Vec<usize> = (0..n).map(|i| coarse.find(i as u32) as usize).collect();
+        let u_fine = fine_root
+            .iter()
+            .map(|&r| unit(cfg.seed, &raws[r].cmd))
+            .collect();
+        let u_coarse = coarse_root
+            .iter()
+            .map(|&r| unit(cfg.seed ^ 0x9e37_79b9, &raws[r].cmd))
+            .collect();
+        Ok(Groups {
+            fine_root,
+            coarse_root,
+            u_fine,
+            u_coarse,
+        })
+    }
+}
+
+/// Each line's split from its role and its groups' positions.
+fn assign_splits(cfg: &DataConfig, raws: Vec<Raw>, g: &Groups) -> Vec<Line> {
+    raws.into_iter()
         .enumerate()
         .map(|(i, r)| {
-            let easy = u_fine[i] >= 1.0 - cfg.easy_test_fraction;
+            let easy = g.u_fine[i] >= 1.0 - cfg.easy_test_fraction;
             let split = match r.role {
                 Role::Common if easy => Split::EasyTest,
                 Role::Common => Split::BaselineTrain,
-                Role::Tail if u_coarse[i] < cfg.hard_tail_fraction => Split::HardTest,
+                Role::Tail if g.u_coarse[i] < cfg.hard_tail_fraction => Split::HardTest,
                 Role::Tail => Split::Stream,
-                Role::Attack if u_coarse[i] >= cfg.unseen_attack_fraction => {
+                Role::Attack if g.u_coarse[i] >= cfg.unseen_attack_fraction => {
                     if easy {
                         Split::EasyTest
                     } else {
@@ -420,7 +436,7 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
                     }
                 }
                 Role::Attack | Role::AttackUnseen => {
-                    if u_fine[i] < cfg.hard_attack_fraction {
+                    if g.u_fine[i] < cfg.hard_attack_fraction {
                         Split::HardTest
                     } else {
                         Split::Stream
@@ -438,15 +454,18 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
                 count: 0,
             }
         })
-        .collect();
+        .collect()
+}
 
-    // The stream: a heavy-tailed head of common lines drawn from the baseline's benign lines
-    // (a frequency-based labeling is how those got their label), the tail, the background and
-    // a capped share of unseen malicious lines.
+/// The stream: a heavy-tailed head of common lines drawn from the baseline's benign lines (a
+/// frequency-based labeling is how those got their label), the tail, the background and a
+/// capped share of unseen malicious lines. Sets `count` (0 = not in the stream).
+fn draw_stream(cfg: &DataConfig, lines: &mut [Line], rng: &mut StdRng) {
+    let n = lines.len();
     let mut head: Vec<usize> = (0..n)
         .filter(|&i| lines[i].role == Role::Common && lines[i].split == Split::BaselineTrain)
         .collect();
-    head.shuffle(&mut rng);
+    head.shuffle(rng);
     head.truncate(cfg.stream_common_lines);
     let mut stream_counts: HashMap<usize, u64> = HashMap::new();
     for (rank, &i) in head.iter().enumerate() {
@@ -461,7 +480,7 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
     let mut malicious: Vec<usize> = others
         .iter()
         .copied()
-        .filter(|&i| lines[i].label == "malicious")
+        .filter(|&i| lines[i].label == Some(Label::Malicious))
         .collect();
     let non_malicious = head.len() + others.len() - malicious.len();
     let share = cfg.stream_malicious_share;
@@ -470,7 +489,7 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
     } else {
         ((share * non_malicious as f64) / (1.0 - share)).floor() as usize
     };
-    malicious.shuffle(&mut rng);
+    malicious.shuffle(rng);
     for &i in malicious.iter().skip(cap) {
         lines[i].split = Split::Unused;
     }
@@ -484,30 +503,41 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
     for (&i, &c) in &stream_counts {
         lines[i].count = c;
     }
+}
 
-    // No test line may share a near-duplicate cluster with a line a model learns from.
-    let mut trains_on: std::collections::HashSet<usize> = Default::default();
-    for i in 0..n {
-        if lines[i].split == Split::BaselineTrain || lines[i].count > 0 {
-            trains_on.insert(fine_root[i]);
-        }
-    }
-    for i in 0..n {
-        let l = &mut lines[i];
+/// No test line may share a near-duplicate cluster with a line a model learns from; returns
+/// how many were dropped.
+fn drop_leaking_tests(lines: &mut [Line], fine_root: &[usize]) -> usize {
+    let trains_on: HashSet<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.split == Split::BaselineTrain || l.count > 0)
+        .map(|(i, _)| fine_root[i])
+        .collect();
+    let mut dropped = 0;
+    for (i, l) in lines.iter_mut().enumerate() {
         if matches!(l.split, Split::EasyTest | Split::HardTest) && trains_on.contains(&fine_root[i])
         {
             l.split = Split::Unused;
-            summary.test_lines_dropped_for_leakage += 1;
+            dropped += 1;
         }
     }
+    dropped
+}
 
-    for l in &lines {
+/// Unique lines by split and `role/label`, and the stream's occurrences.
+fn tally(lines: &[Line], summary: &mut DataSummary) {
+    for l in lines {
         let mut put = |split: &str| {
             *summary
                 .lines
                 .entry(split.to_string())
                 .or_default()
-                .entry(format!("{}/{}", l.role.as_str(), l.label))
+                .entry(format!(
+                    "{}/{}",
+                    l.role.as_str(),
+                    Label::name_or_unknown(l.label)
+                ))
                 .or_default() += 1;
         };
         if l.count > 0 {
@@ -522,7 +552,6 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
             Split::Stream => {}
         }
     }
-    Ok(Datasets { lines, summary })
 }
 
 fn write_table(path: &Path, rows: &[&Line], with_label: bool) -> Result<u64> {
@@ -530,7 +559,7 @@ fn write_table(path: &Path, rows: &[&Line], with_label: bool) -> Result<u64> {
         &l.cmd
     }
     fn label(l: &Line) -> &str {
-        &l.label
+        Label::name_or_unknown(l.label)
     }
     fn source(l: &Line) -> &str {
         &l.source
@@ -594,36 +623,37 @@ impl Datasets {
 #[derive(Clone, Debug, Default)]
 pub struct Table {
     pub cmd: Vec<String>,
-    pub label: Vec<String>,
+    /// `None`: unknown.
+    pub label: Vec<Option<Label>>,
     pub source: Vec<String>,
-    pub role: Vec<String>,
+    pub role: Vec<Role>,
     pub count: Vec<u64>,
 }
 
 impl Table {
     pub fn read(path: &Path) -> Result<Table> {
         let mut t = Table::default();
-        for batch in table::read_parquet(path)? {
-            let get = |name: &str| -> Result<Vec<String>> {
-                Ok(table::strings(&batch, name, path)?
-                    .into_iter()
-                    .map(Option::unwrap_or_default)
-                    .collect())
-            };
-            t.cmd.extend(get("cmd")?);
-            t.label.extend(get("label")?);
-            t.source.extend(get("source")?);
-            t.role.extend(get("role")?);
-            t.count.extend(
-                table::numbers(&batch, "count", path)?
-                    .into_iter()
-                    .map(|c| c as u64),
-            );
+        for row in crate::io::read_labeled(&[path.to_path_buf()], true)? {
+            let role = row.role.ok_or_else(|| {
+                Error::input(format!(
+                    "{} has a row without a known `role`; it was not written by this \
+                     version's data stage: delete its folder and rerun",
+                    path.display()
+                ))
+            })?;
+            t.label.push(row.label());
+            t.cmd.push(row.cmd);
+            t.source.push(row.source.unwrap_or_default());
+            t.role.push(role);
+            t.count.push(row.count.unwrap_or(1));
         }
         Ok(t)
     }
 
     pub fn malicious(&self) -> Vec<bool> {
-        self.label.iter().map(|l| l == "malicious").collect()
+        self.label
+            .iter()
+            .map(|l| *l == Some(Label::Malicious))
+            .collect()
     }
 }

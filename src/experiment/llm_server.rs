@@ -4,8 +4,6 @@
 //! or is interrupted with an error.
 
 use crate::error::{Context, Error, Result};
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,26 +26,40 @@ fn authority(base_url: &str) -> Result<String> {
     })
 }
 
-/// Whether `GET /health` answers `200`.
-fn healthy(authority: &str) -> bool {
-    let Ok(mut addrs) = authority.to_socket_addrs() else {
-        return false;
-    };
-    let Some(addr) = addrs.next() else {
-        return false;
-    };
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
+/// A small HTTP client for `GET /health`, on a runtime of its own (the experiment is not
+/// async).
+struct HealthCheck {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    url: String,
+}
+
+impl HealthCheck {
+    fn new(authority: &str) -> Result<HealthCheck> {
+        Ok(HealthCheck {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .runtime_ctx(|| "cannot start the async runtime")?,
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(5))
+                .build()
+                .runtime_ctx(|| "cannot build the HTTP client")?,
+            url: format!("http://{authority}/health"),
+        })
     }
-    let mut head = [0u8; 16];
-    let n = stream.read(&mut head).unwrap_or(0);
-    let head = String::from_utf8_lossy(&head[..n]);
-    head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")
+
+    /// Whether `GET /health` answers `200`.
+    fn healthy(&self) -> bool {
+        self.runtime.block_on(async {
+            self.client
+                .get(&self.url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+        })
+    }
 }
 
 impl LlmServer {
@@ -60,7 +72,8 @@ impl LlmServer {
         log: &std::path::Path,
     ) -> Result<LlmServer> {
         let authority = authority(base_url)?;
-        if healthy(&authority) {
+        let health = HealthCheck::new(&authority)?;
+        if health.healthy() {
             return Err(Error::input(format!(
                 "an LLM server already answers at {authority}; stop it, or remove `launch` \
                  from [label.llm] to use it"
@@ -74,7 +87,7 @@ impl LlmServer {
             command.join(" "),
             log.display()
         );
-        crate::table::ensure_parent(log)?;
+        crate::io::table::ensure_parent(log)?;
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -107,7 +120,7 @@ impl LlmServer {
                     command.join(" ")
                 )));
             }
-            if healthy(&authority) {
+            if health.healthy() {
                 bar.finish_and_clear();
                 tracing::info!(
                     "LLM server ready at {authority} after {:.0} s",

@@ -16,12 +16,13 @@ pub mod llm_server;
 pub mod report;
 pub mod stage;
 
+use crate::Globals;
 use crate::classify::{self, Classifier, ClassifierConfig};
 use crate::detect::{self, DetectorConfig, DetectorKind, ScoreOptions};
-use crate::device::DeviceChoice;
 use crate::error::{Context, Error, Result};
+use crate::io::table;
 use crate::label::{self, LabelConfig, LabelResult, Labeler, OracleLabeler};
-use crate::{Globals, table};
+use crate::vocab::Label;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datasets::{DataConfig, Table};
@@ -51,27 +52,16 @@ pub enum Arm {
     OracleAll,
 }
 
+crate::vocab::named_enum!(Arm {
+    Baseline => "baseline",
+    Autoencoder => "autoencoder",
+    Iforest => "iforest",
+    Combined => "combined",
+    Random => "random",
+    OracleAll => "oracle_all",
+});
+
 impl Arm {
-    pub const ALL: [Arm; 6] = [
-        Arm::Baseline,
-        Arm::Autoencoder,
-        Arm::Iforest,
-        Arm::Combined,
-        Arm::Random,
-        Arm::OracleAll,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arm::Baseline => "baseline",
-            Arm::Autoencoder => "autoencoder",
-            Arm::Iforest => "iforest",
-            Arm::Combined => "combined",
-            Arm::Random => "random",
-            Arm::OracleAll => "oracle_all",
-        }
-    }
-
     /// The name in reports.
     pub fn title(self) -> &'static str {
         match self {
@@ -104,14 +94,7 @@ pub enum LabelerKind {
     Llm,
 }
 
-impl LabelerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LabelerKind::Oracle => "oracle",
-            LabelerKind::Llm => "llm",
-        }
-    }
-}
+crate::vocab::named_enum!(LabelerKind { Oracle => "oracle", Llm => "llm" });
 
 /// Candidate selection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -280,57 +263,28 @@ impl ExperimentConfig {
     }
 }
 
-/// `longtail run`.
-#[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:
-  longtail run --config configs/demo.toml                # the README's main job (CPU, minutes)
-  longtail run --config configs/full.toml --device wgpu  # all the shared data, on a GPU
-  longtail run --config configs/demo.toml --out /tmp/x   # another run directory
-
-Stages already finished with the same inputs and config are reused, so a rerun after a crash
-or after changing only the classifier's config redoes only what changed. The report is in
-RUN_DIR/report/report.md.")]
-pub struct RunArgs {
-    /// The experiment config (TOML): data roles, detector, budget, labelers, classifier, seeds.
-    #[arg(long, short)]
+/// What `longtail run` asks for: the config and the command line's overrides of it.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    /// The experiment config (TOML).
     pub config: PathBuf,
     /// Run directory (default: the config's `out`).
-    #[arg(long, short)]
     pub out: Option<PathBuf>,
-    /// Only build the datasets and print their summary (a quick check of a new config).
-    #[arg(long)]
+    /// Only build the datasets and return their summary.
     pub data_only: bool,
-    /// Override `[select] budget` (labels per arm), e.g. for a budget sweep: copy a finished
-    /// run directory and rerun with another budget; detectors and baselines are reused.
-    #[arg(long)]
+    /// Override `[select] budget`.
     pub budget: Option<usize>,
-    /// Override `seeds`, comma-separated (e.g. `--seeds 1,2,3`).
-    #[arg(long, value_delimiter = ',')]
+    /// Override `seeds`.
     pub seeds: Option<Vec<u64>>,
-    /// Override `arms`, comma-separated (must include baseline), e.g. `--arms baseline,autoencoder,random`.
-    #[arg(long, value_delimiter = ',', value_parser = parse_arm)]
+    /// Override `arms` (must include baseline).
     pub arms: Option<Vec<Arm>>,
-    /// Override `[label] oracle_benign_precision`: the oracle flips labels so that its benign
-    /// verdicts on each arm's selection reach this precision (how labeling errors propagate).
-    /// It is a precision within the selection, so it depends on the selection's class mix.
-    #[arg(long)]
+    /// Override `[label] oracle_benign_precision`.
     pub oracle_benign_precision: Option<f64>,
     /// Override `[label] oracle_malicious_precision`.
-    #[arg(long)]
     pub oracle_malicious_precision: Option<f64>,
 }
 
-fn parse_arm(text: &str) -> std::result::Result<Arm, String> {
-    Arm::ALL
-        .into_iter()
-        .find(|a| a.as_str() == text)
-        .ok_or_else(|| {
-            let names: Vec<&str> = Arm::ALL.iter().map(|a| a.as_str()).collect();
-            format!("unknown arm {text:?}; expected one of {}", names.join(", "))
-        })
-}
-
-impl RunArgs {
+impl RunRequest {
     /// The command line that reproduces this run (for the report).
     pub fn command(&self) -> String {
         let mut c = format!("longtail run --config {}", self.config.display());
@@ -356,6 +310,37 @@ impl RunArgs {
         }
         c
     }
+
+    /// The config file with the overrides applied, validated.
+    pub fn resolved_config(&self) -> Result<ExperimentConfig> {
+        let mut cfg = ExperimentConfig::from_toml_file(&self.config)?;
+        if let Some(b) = self.budget {
+            cfg.select.budget = b;
+        }
+        if let Some(seeds) = &self.seeds {
+            cfg.seeds = seeds.clone();
+        }
+        if let Some(arms) = &self.arms {
+            cfg.arms = arms.clone();
+        }
+        if self.oracle_benign_precision.is_some() {
+            cfg.label.oracle_benign_precision = self.oracle_benign_precision;
+        }
+        if self.oracle_malicious_precision.is_some() {
+            cfg.label.oracle_malicious_precision = self.oracle_malicious_precision;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// `data_only`: the datasets' summary.
+    Data(datasets::DataSummary),
+    /// The report's Markdown file.
+    Report(PathBuf),
 }
 
 /// What one arm of one seed produced, for the report.
@@ -396,34 +381,14 @@ pub struct LabelSummary {
     pub selected_by_role: std::collections::BTreeMap<String, usize>,
 }
 
-/// Run the experiment.
-pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
-    let mut cfg = ExperimentConfig::from_toml_file(&args.config)?;
-    if let Some(b) = args.budget {
-        cfg.select.budget = b;
-    }
-    if let Some(seeds) = &args.seeds {
-        cfg.seeds = seeds.clone();
-    }
-    if let Some(arms) = &args.arms {
-        cfg.arms = arms.clone();
-    }
-    if args.oracle_benign_precision.is_some() {
-        cfg.label.oracle_benign_precision = args.oracle_benign_precision;
-    }
-    if args.oracle_malicious_precision.is_some() {
-        cfg.label.oracle_malicious_precision = args.oracle_malicious_precision;
-    }
-    cfg.validate()?;
-    let out = args.out.clone().unwrap_or_else(|| cfg.out.clone());
+/// Run the experiment. `globals.device` is used for every stage; `globals.seed` is unused
+/// (the config's seeds drive each run).
+pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
+    let cfg = req.resolved_config()?;
+    let out = req.out.clone().unwrap_or_else(|| cfg.out.clone());
     std::fs::create_dir_all(&out)
         .runtime_ctx(|| format!("cannot create the run directory {}", out.display()))?;
-    table::write_atomic(
-        &out.join("config.json"),
-        serde_json::to_string_pretty(&cfg)
-            .expect("plain data")
-            .as_bytes(),
-    )?;
+    crate::io::write_json(&out.join("config.json"), &cfg)?;
     let mut ctx = Runner {
         cfg: &cfg,
         out: out.clone(),
@@ -432,16 +397,8 @@ pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
         baseline: Default::default(),
     };
     let data = ctx.data_stage()?;
-    if args.data_only {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&data.summary).expect("plain data")
-        );
-        return Ok(());
-    }
-    // Probe the device once, not once per stage.
-    if globals.device == DeviceChoice::Auto {
-        ctx.globals.device = crate::device::resolve(DeviceChoice::Auto)?.choice;
+    if req.data_only {
+        return Ok(RunOutcome::Data(data.summary));
     }
     ctx.baseline = Table::read(&data.dir.join(datasets::BASELINE))?
         .cmd
@@ -461,7 +418,7 @@ pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
         written = report::write(
             &out.join("report"),
             &cfg,
-            &args.command(),
+            &req.command(),
             &data,
             &tables.hard,
             &tables.easy,
@@ -475,8 +432,7 @@ pub fn run(args: &RunArgs, globals: &Globals) -> Result<()> {
         );
     }
     drop(ctx.llm.take());
-    eprintln!("report: {}", written.display());
-    Ok(())
+    Ok(RunOutcome::Report(written))
 }
 
 /// The data stage's outputs.
@@ -532,10 +488,7 @@ impl Runner<'_> {
 
     fn seed(&mut self, seed: u64, data: &DataOutputs, tables: &Tables) -> Result<Vec<ArmOutcome>> {
         let cfg = self.cfg;
-        let globals = Globals {
-            device: self.globals.device,
-            seed,
-        };
+        let globals = self.globals.with_seed(seed);
         let seed_dir = self.out.join(format!("seed-{seed}"));
         let mut outcomes = Vec::new();
         let baseline_dir = seed_dir.join("baseline");
@@ -675,6 +628,8 @@ impl Runner<'_> {
         StreamScores::read(&path, stream, scores_key)
     }
 
+    /// Select the arm's lines, label them and write `labels/`: the labeled candidates
+    /// (`labels.parquet`) and the benign lines that augment training (`augment.parquet`).
     #[allow(clippy::too_many_arguments)]
     fn label_stage(
         &mut self,
@@ -732,57 +687,99 @@ impl Runner<'_> {
             })?;
             return Ok((augment, summary, key));
         }
-        let n = stream.cmd.len();
-        let selection: Vec<(usize, f64)> = match arm {
-            Arm::OracleAll => (0..n).map(|i| (i, 0.0)).collect(),
-            Arm::Random => {
-                let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
-                let random: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
-                crate::select::select_top(
-                    &stream.cmd,
-                    &random,
-                    cfg.select.budget,
-                    cfg.select.near_dup_threshold,
-                    seed,
-                )?
-                .into_iter()
-                .map(|(i, _)| (i, random[i]))
-                .collect()
-            }
-            _ => {
-                let kind = arm.detector().expect("anomaly arm");
-                let s = scores
-                    .ok_or_else(|| Error::runtime("anomaly arm without detector scores"))?
-                    .of(kind);
-                crate::select::select_top(
-                    &stream.cmd,
-                    &s,
-                    cfg.select.budget,
-                    cfg.select.near_dup_threshold,
-                    seed,
-                )?
-                .into_iter()
-                .map(|(i, _)| (i, s[i]))
-                .collect()
-            }
-        };
+        let selection = self.select(arm, seed, stream, scores)?;
         let cmds: Vec<String> = selection
             .iter()
             .map(|&(i, _)| stream.cmd[i].clone())
             .collect();
-        let truth: HashMap<&str, &str> = stream
-            .cmd
-            .iter()
-            .map(String::as_str)
-            .zip(stream.label.iter().map(String::as_str))
-            .collect();
-        let labeler: Box<dyn Labeler> = match labeler_kind {
+        let labeler = self.labeler(labeler_kind, seed, stream)?;
+        let llm_cfg = cfg.label.llm.clone().unwrap_or_default();
+        let label_cfg = LabelConfig {
+            samples: if labeler_kind == LabelerKind::Llm {
+                llm_cfg.samples
+            } else {
+                1
+            },
+            concurrency: if labeler_kind == LabelerKind::Llm {
+                llm_cfg.concurrency
+            } else {
+                8
+            },
+            // The LLM's answers are shared by every arm and seed of the run: a line selected
+            // twice is asked once, and a killed run loses no answer.
+            cache: (labeler_kind == LabelerKind::Llm).then(|| self.out.join("llm-cache.jsonl")),
+            ..LabelConfig::default()
+        };
+        let results = label::label_candidates_blocking(&cmds, labeler.as_ref(), &label_cfg)?;
+        let summary = self.tally(&selection, stream, &results);
+        write_label_tables(&label_dir, &selection, stream, &results)?;
+        tracing::info!(
+            "seed {seed}: {} / {}: {} labels spent, {} benign added ({} new, {} truly malicious)",
+            arm.as_str(),
+            labeler_kind.as_str(),
+            summary.spent,
+            summary.augmented,
+            summary.augmented_new,
+            summary.augmented_truly_malicious
+        );
+        stage.finish(serde_json::to_value(&summary).expect("plain data"))?;
+        Ok((augment, summary, key))
+    }
+
+    /// The stream lines an arm sends to the labeler, with the score that chose each: the
+    /// top of a detector's score or of a seeded random draw, one per near-duplicate cluster;
+    /// every line for the upper bound.
+    fn select(
+        &self,
+        arm: Arm,
+        seed: u64,
+        stream: &Table,
+        scores: Option<&StreamScores>,
+    ) -> Result<Vec<(usize, f64)>> {
+        let cfg = self.cfg;
+        let n = stream.cmd.len();
+        let score = match arm {
+            Arm::OracleAll => return Ok((0..n).map(|i| (i, 0.0)).collect()),
+            Arm::Random => {
+                let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
+                (0..n).map(|_| rng.random::<f64>()).collect()
+            }
+            Arm::Baseline => return Err(Error::runtime("the baseline arm selects nothing")),
+            _ => {
+                let kind = arm.detector().expect("anomaly arm");
+                scores
+                    .ok_or_else(|| Error::runtime("anomaly arm without detector scores"))?
+                    .of(kind)
+            }
+        };
+        Ok(crate::select::select_top(
+            &stream.cmd,
+            &score,
+            cfg.select.budget,
+            cfg.select.near_dup_threshold,
+            seed,
+        )?
+        .into_iter()
+        .map(|(i, _)| (i, score[i]))
+        .collect())
+    }
+
+    /// The labeler of `kind`: the oracle over the stream's truth, or the configured LLM (its
+    /// server started on first use).
+    fn labeler(
+        &mut self,
+        kind: LabelerKind,
+        seed: u64,
+        stream: &Table,
+    ) -> Result<Box<dyn Labeler>> {
+        let cfg = self.cfg;
+        Ok(match kind {
             LabelerKind::Oracle => {
                 let known = stream
                     .cmd
                     .iter()
                     .zip(&stream.label)
-                    .filter_map(|(c, l)| label::KnownLabel::parse(l).map(|k| (c.clone(), k)))
+                    .filter_map(|(c, l)| l.map(|k| (c.clone(), k)))
                     .collect();
                 Box::new(OracleLabeler::from_labels(
                     known,
@@ -812,109 +809,52 @@ impl Runner<'_> {
                 c.seed = Some(seed);
                 Box::new(label::LlmLabeler::new(c)?)
             }
-        };
-        let llm_cfg = cfg.label.llm.clone().unwrap_or_default();
-        let label_cfg = LabelConfig {
-            samples: if labeler_kind == LabelerKind::Llm {
-                llm_cfg.samples
-            } else {
-                1
-            },
-            concurrency: if labeler_kind == LabelerKind::Llm {
-                llm_cfg.concurrency
-            } else {
-                8
-            },
-            // The LLM's answers are shared by every arm and seed of the run: a line selected
-            // twice is asked once, and a killed run loses no answer.
-            cache: (labeler_kind == LabelerKind::Llm).then(|| self.out.join("llm-cache.jsonl")),
-            ..LabelConfig::default()
-        };
-        let results = label::label_candidates_blocking(&cmds, labeler.as_ref(), &label_cfg)?;
+        })
+    }
+
+    /// What the labels bought, counted against the stream's truth and the baseline.
+    fn tally(
+        &self,
+        selection: &[(usize, f64)],
+        stream: &Table,
+        results: &[LabelResult],
+    ) -> LabelSummary {
+        let truth: HashMap<&str, Option<Label>> = stream
+            .cmd
+            .iter()
+            .map(String::as_str)
+            .zip(stream.label.iter().copied())
+            .collect();
         let mut summary = LabelSummary {
-            spent: cmds.len(),
+            spent: selection.len(),
             ..Default::default()
         };
-        for &(i, _) in &selection {
+        for &(i, _) in selection {
             *summary
                 .selected_by_role
-                .entry(stream.role[i].clone())
+                .entry(stream.role[i].as_str().to_string())
                 .or_default() += 1;
         }
-        let mut augment_rows: Vec<&LabelResult> = Vec::new();
-        for r in &results {
+        for r in results {
             match r.verdict {
                 label::Verdict::Benign => summary.benign += 1,
                 label::Verdict::Malicious => summary.malicious += 1,
                 _ => summary.no_verdict += 1,
             }
-            if r.flag.is_some() {
+            if !r.flags.is_empty() {
                 summary.flagged += 1;
             }
             if r.feeds_augmentation() {
-                augment_rows.push(r);
+                summary.augmented += 1;
                 summary.augmented_new += !self.baseline.contains(&r.cmd) as usize;
-                match truth.get(r.cmd.as_str()).copied() {
-                    Some("benign") => summary.augmented_truly_benign += 1,
-                    Some("malicious") => summary.augmented_truly_malicious += 1,
-                    _ => {}
+                match truth.get(r.cmd.as_str()).copied().flatten() {
+                    Some(Label::Benign) => summary.augmented_truly_benign += 1,
+                    Some(Label::Malicious) => summary.augmented_truly_malicious += 1,
+                    None => {}
                 }
             }
         }
-        summary.augmented = augment_rows.len();
-        // The candidates with their scores and verdicts, for inspection.
-        let candidates = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("cmd", DataType::Utf8, false),
-                Field::new("score", DataType::Float64, false),
-                Field::new("truth", DataType::Utf8, false),
-                Field::new("role", DataType::Utf8, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from_iter_values(cmds.iter())) as ArrayRef,
-                Arc::new(Float64Array::from_iter_values(
-                    selection.iter().map(|s| s.1),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    selection.iter().map(|&(i, _)| stream.label[i].as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    selection.iter().map(|&(i, _)| stream.role[i].as_str()),
-                )),
-            ],
-        )
-        .runtime_ctx(|| "building the candidates table")?;
-        table::write_parquet(
-            &label_dir.join("labels.parquet"),
-            &label::output_batch(&candidates, &results)?,
-        )?;
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("cmd", DataType::Utf8, false),
-                Field::new("label", DataType::Utf8, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    augment_rows.iter().map(|r| r.cmd.as_str()),
-                )) as ArrayRef,
-                Arc::new(StringArray::from_iter_values(
-                    augment_rows.iter().map(|_| "benign"),
-                )),
-            ],
-        )
-        .runtime_ctx(|| "building the augmentation table")?;
-        table::write_parquet(&augment, &batch)?;
-        tracing::info!(
-            "seed {seed}: {} / {}: {} labels spent, {} benign added ({} new, {} truly malicious)",
-            arm.as_str(),
-            labeler_kind.as_str(),
-            summary.spent,
-            summary.augmented,
-            summary.augmented_new,
-            summary.augmented_truly_malicious
-        );
-        stage.finish(serde_json::to_value(&summary).expect("plain data"))?;
-        Ok((augment, summary, key))
+        summary
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -973,7 +913,7 @@ impl Runner<'_> {
             )?;
             stage.finish(serde_json::Value::Null)?;
         }
-        let scores: TestScores = classify::data::read_json(&scores_path, "test scores")?;
+        let scores: TestScores = crate::io::read_json(&scores_path, "test scores")?;
         Ok(ArmOutcome {
             seed,
             arm,
@@ -985,6 +925,65 @@ impl Runner<'_> {
             classifier_dir: model_dir,
         })
     }
+}
+
+/// `labels.parquet` (the candidates with their scores, truth, role and verdicts, for
+/// inspection) and `augment.parquet` (the benign lines that join training).
+fn write_label_tables(
+    label_dir: &Path,
+    selection: &[(usize, f64)],
+    stream: &Table,
+    results: &[LabelResult],
+) -> Result<()> {
+    let candidates = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("cmd", DataType::Utf8, false),
+            Field::new("score", DataType::Float64, false),
+            Field::new("truth", DataType::Utf8, false),
+            Field::new("role", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                selection.iter().map(|&(i, _)| stream.cmd[i].as_str()),
+            )) as ArrayRef,
+            Arc::new(Float64Array::from_iter_values(
+                selection.iter().map(|s| s.1),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                selection
+                    .iter()
+                    .map(|&(i, _)| Label::name_or_unknown(stream.label[i])),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                selection.iter().map(|&(i, _)| stream.role[i].as_str()),
+            )),
+        ],
+    )
+    .runtime_ctx(|| "building the candidates table")?;
+    table::write_parquet(
+        &label_dir.join("labels.parquet"),
+        &label::output_batch(&candidates, results)?,
+    )?;
+    let augment: Vec<&str> = results
+        .iter()
+        .filter(|r| r.feeds_augmentation())
+        .map(|r| r.cmd.as_str())
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("cmd", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(augment.iter().copied())) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(
+                augment.iter().map(|_| Label::Benign.as_str()),
+            )),
+        ],
+    )
+    .runtime_ctx(|| "building the augmentation table")?;
+    table::write_parquet(&label_dir.join("augment.parquet"), &batch)?;
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1047,11 +1046,10 @@ impl StreamScores {
         match kind {
             DetectorKind::Autoencoder => self.autoencoder.clone().expect("trained for this arm"),
             DetectorKind::Iforest => self.iforest.clone().expect("trained for this arm"),
-            DetectorKind::Combined => {
-                let a = detect::normalized_ranks(self.autoencoder.as_ref().expect("trained"));
-                let f = detect::normalized_ranks(self.iforest.as_ref().expect("trained"));
-                a.iter().zip(f).map(|(x, y)| (x + y) / 2.0).collect()
-            }
+            DetectorKind::Combined => crate::data::mean_rank_fusion(&[
+                self.autoencoder.as_deref().expect("trained"),
+                self.iforest.as_deref().expect("trained"),
+            ]),
         }
     }
 }

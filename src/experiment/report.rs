@@ -6,7 +6,8 @@ use super::datasets::Table;
 use super::{Arm, ArmOutcome, DataOutputs, ExperimentConfig, LabelerKind};
 use crate::error::Result;
 use crate::evaluate::{Report, ReportOptions, RocCurve};
-use crate::table::write_atomic;
+use crate::io::table::write_atomic;
+use crate::vocab::Label;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -265,20 +266,20 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
          below is recomputed from the run directory by rerunning the command.\n",
         r.command, cfg.seeds, cfg.select.budget, cfg.augment_mode
     );
-    let count = |t: &Table, label: &str| t.label.iter().filter(|l| *l == label).count();
+    let count = |t: &Table, label: Label| t.label.iter().filter(|l| **l == Some(label)).count();
     let _ = writeln!(m, "## Data\n");
     let _ = writeln!(
         m,
         "- hard test: {} rare benign lines ({}) vs {} malicious lines of techniques/sources the baseline never saw",
-        count(hard, "benign"),
-        sources(hard, "benign"),
-        count(hard, "malicious")
+        count(hard, Label::Benign),
+        sources(hard, Label::Benign),
+        count(hard, Label::Malicious)
     );
     let _ = writeln!(
         m,
         "- easy test: {} benign, {} malicious, held out by near-duplicate cluster from the baseline's own sources",
-        count(easy, "benign"),
-        count(easy, "malicious")
+        count(easy, Label::Benign),
+        count(easy, Label::Malicious)
     );
     for (split, by) in &r.data.lines {
         let parts: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -415,10 +416,10 @@ fn signed(s: &super::report::Spread) -> String {
     }
 }
 
-fn sources(t: &Table, label: &str) -> String {
+fn sources(t: &Table, label: Label) -> String {
     let mut by: BTreeMap<&str, usize> = BTreeMap::new();
     for (s, l) in t.source.iter().zip(&t.label) {
-        if l == label {
+        if *l == Some(label) {
             *by.entry(s).or_default() += 1;
         }
     }

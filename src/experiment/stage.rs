@@ -4,7 +4,7 @@
 //! their last checkpoint); a stage whose key changed starts over in an emptied directory.
 
 use crate::error::{Context, Result};
-use crate::table;
+use crate::io::table;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;

@@ -4,7 +4,7 @@
 //! Reading ([`read`]) streams Parquet, JSONL, CSV/TSV and text, plain or gzip/zstd. Exact
 //! dedup hashes each line once (xxh3-64, collisions resolved by comparing the text) and keeps
 //! each distinct text once in an arena, so memory grows with the number of unique lines, not
-//! with the input. Near-duplicate clusters come from [`minhash`]; the optional normalised view
+//! with the input. Near-duplicate clusters come from [`crate::data::minhash`]; the optional normalised view
 //! from [`normalize()`].
 //!
 //! # Output schema (stable; version `ingest/1`, also in `src/ingest/SCHEMA.md`)
@@ -24,26 +24,24 @@
 //! The file's key-value metadata records `longtail.schema = ingest/1` and the near-duplicate
 //! parameters (`longtail.near_dup`, JSON).
 
-pub mod minhash;
 pub mod normalize;
-pub mod read;
 
-pub use minhash::{MinHashConfig, near_duplicate_clusters};
-pub use normalize::normalize;
-pub use read::{
+pub use crate::data::minhash::{MinHashConfig, near_duplicate_clusters};
+pub use crate::io::read::{
     InputFormat, ReadOptions, ReadStats, Record, RecordRef, SkipReason, for_each_record,
     for_each_record_ref,
 };
+pub use normalize::normalize;
 
 use crate::error::{Context, Error, Result};
-use crate::table::ParquetSink;
-use crate::{Globals, progress};
+use crate::io::table::ParquetSink;
+use crate::progress;
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::info;
@@ -52,87 +50,6 @@ use tracing::info;
 pub const SCHEMA_VERSION: &str = "ingest/1";
 /// Rows per written Parquet batch.
 const WRITE_BATCH: usize = 65_536;
-
-/// `longtail ingest`: read command lines, dedup exactly and near-exactly, write Parquet.
-///
-/// Formats by extension (.parquet, .jsonl/.ndjson/.json, .csv, .tsv, .txt/.log), else by
-/// content; gzip and zstd are recognised by their magic bytes. Rows that cannot be used
-/// (blank, no command, too long, malformed JSON) are skipped and counted, or fail the run
-/// with file and line under --strict. Invalid UTF-8 and NUL bytes are kept as `\xNN`.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  \
-    longtail ingest ../shared/data/cmdlines/*.jsonl -o runs/ingest.parquet\n  \
-    longtail ingest 'logs/**/*.csv.gz' --column CommandLine --normalized -o lines.parquet\n  \
-    zcat day.txt.gz | longtail ingest - --near-dup-threshold 0.9 -o day.parquet\n\n\
-    Output schema: cmd, count, first_seen_source, label, platform, cluster [, normalized]\n\
-    (see src/ingest/SCHEMA.md).")]
-pub struct IngestArgs {
-    /// Input files, directories (read recursively) or quoted globs; `-` reads standard input.
-    #[arg(required = true, value_name = "INPUT")]
-    pub inputs: Vec<String>,
-    /// Output Parquet file (written atomically: it appears only when ingest succeeds).
-    #[arg(short, long, value_name = "FILE", visible_alias = "out")]
-    pub output: PathBuf,
-    /// Input format; auto = by extension, then by content.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub format: InputFormat,
-    /// Column (Parquet, CSV) or key (JSONL; dotted keys reach into nested objects) holding
-    /// the command line. Default: the first present of cmd, command_line, CommandLine,
-    /// process.command_line.
-    #[arg(long, value_name = "NAME")]
-    pub column: Option<String>,
-    /// Column or key with a label (benign/malicious/...). Default: `label` where present.
-    #[arg(long, value_name = "NAME")]
-    pub label_column: Option<String>,
-    /// Column or key with the platform (windows/linux/macos). Default: `platform` where present.
-    #[arg(long, value_name = "NAME")]
-    pub platform_column: Option<String>,
-    /// CSV field delimiter, one ASCII character (`\t` for tab). Default: tab for .tsv, else comma.
-    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
-    pub delimiter: Option<u8>,
-    /// Jaccard similarity (over byte shingles) at or above which two lines join one
-    /// near-duplicate cluster. The source work deduplicates at > 0.8.
-    #[arg(long, default_value_t = 0.8, value_name = "T")]
-    pub near_dup_threshold: f64,
-    /// Skip near-duplicate clustering (then every row is its own cluster).
-    #[arg(long)]
-    pub no_near_dup: bool,
-    /// Shingle width in bytes for MinHash.
-    #[arg(long, default_value_t = 5, value_name = "BYTES")]
-    pub shingle_bytes: usize,
-    /// Number of MinHash functions.
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    pub num_perm: usize,
-    /// LSH bands. Default: chosen so that a pair at the threshold is found with
-    /// probability >= 0.95 (18 bands of 7 rows for 0.8 and 128 hashes).
-    #[arg(long, value_name = "N")]
-    pub bands: Option<usize>,
-    /// Add a `normalized` column: tokens of \w+|[^\w\s]+ joined by spaces, digits as `*`.
-    #[arg(long)]
-    pub normalized: bool,
-    /// Skip commands longer than this many bytes (0 = no limit).
-    #[arg(long, default_value_t = read::DEFAULT_MAX_LINE_BYTES, value_name = "BYTES")]
-    pub max_line_bytes: usize,
-    /// Fail on the first unusable row (with file and line) instead of skipping and counting it.
-    #[arg(long)]
-    pub strict: bool,
-    /// Worker threads for near-duplicate clustering (0 = all cores).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
-    /// Also write the summary as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub summary_json: Option<PathBuf>,
-}
-
-fn parse_delimiter(s: &str) -> std::result::Result<u8, String> {
-    match s {
-        "\\t" | "tab" | "\t" => Ok(b'\t'),
-        _ if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
-        _ => Err(format!(
-            "the delimiter must be one ASCII character or \\t, got {s:?}"
-        )),
-    }
-}
 
 /// Everything `ingest` needs besides the inputs and the output path.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -152,47 +69,6 @@ impl Default for IngestConfig {
             normalized: false,
         }
     }
-}
-
-impl IngestArgs {
-    pub fn config(&self, globals: &Globals) -> IngestConfig {
-        IngestConfig {
-            read: ReadOptions {
-                format: self.format,
-                column: self.column.clone(),
-                label_column: self.label_column.clone(),
-                platform_column: self.platform_column.clone(),
-                max_line_bytes: self.max_line_bytes,
-                strict: self.strict,
-                keep_extra: false,
-                csv_delimiter: self.delimiter,
-                progress: true,
-            },
-            near_dup: (!self.no_near_dup).then_some(MinHashConfig {
-                threshold: self.near_dup_threshold,
-                num_perm: self.num_perm,
-                shingle_bytes: self.shingle_bytes,
-                bands: self.bands,
-                seed: globals.seed,
-                threads: self.threads,
-                progress: true,
-            }),
-            normalized: self.normalized,
-        }
-    }
-}
-
-/// Entry point of `longtail ingest`.
-pub fn run(args: &IngestArgs, globals: &Globals) -> Result<()> {
-    let cfg = args.config(globals);
-    let summary = ingest(&args.inputs, &args.output, &cfg)?;
-    print!("{}", summary.render());
-    if let Some(path) = &args.summary_json {
-        let json =
-            serde_json::to_vec_pretty(&summary).runtime_ctx(|| "cannot encode the summary")?;
-        crate::table::write_atomic(path, &json)?;
-    }
-    Ok(())
 }
 
 /// Counts for one label or platform value.
@@ -490,25 +366,6 @@ fn write_table(
     Ok(())
 }
 
-/// A hasher for keys that already are good hashes (xxh3 values): passes them through.
-#[derive(Default)]
-struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; this path is a fallback that stays correct.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// Small set of distinct strings (labels, platforms) by 16-bit id; id 0 means "none".
 #[derive(Default)]
 struct Interner {
@@ -545,7 +402,6 @@ impl Interner {
     }
 }
 
-const NO_NEXT: u32 = u32::MAX;
 const SEEN_BENIGN: u8 = 1;
 const SEEN_MALICIOUS: u8 = 2;
 
@@ -553,8 +409,9 @@ const SEEN_MALICIOUS: u8 = 2;
 struct Entry {
     start: u64,
     len: u32,
-    /// Next entry with the same 64-bit hash (collision chain), or `NO_NEXT`.
-    next: u32,
+    /// The text's 64-bit hash (the index's key; kept so the index can grow without
+    /// rehashing every text).
+    hash: u64,
     count: u64,
     source: u32,
     label: u16,
@@ -576,7 +433,9 @@ fn label_rank(label: Option<&str>) -> u8 {
 /// Each text is stored once in one arena; memory is about 40 bytes + the text per unique line.
 #[derive(Default)]
 pub struct DedupTable {
-    index: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+    /// Entry numbers by their text's hash; texts that share a hash (a collision) are told
+    /// apart by comparing the text.
+    index: HashTable<u32>,
     arena: String,
     entries: Vec<Entry>,
     sources: Vec<Arc<str>>,
@@ -635,23 +494,21 @@ impl DedupTable {
             2 => SEEN_BENIGN,
             _ => 0,
         };
-        let new_index = self.entries.len() as u32;
-        if let Some(&head) = self.index.get(&hash) {
-            let mut i = head;
-            while i != NO_NEXT {
-                if self.text(i as usize) == r.cmd {
-                    self.merge(i as usize, r, label, platform, flags);
-                    return Ok(());
-                }
-                i = self.entries[i as usize].next;
-            }
+        let found = self
+            .index
+            .find(hash, |&i| self.text(i as usize) == r.cmd)
+            .copied();
+        if let Some(i) = found {
+            self.merge(i as usize, r, label, platform, flags);
+            return Ok(());
         }
-        if new_index == NO_NEXT {
-            return Err(Error::input(
-                "more than 2^32-1 unique lines; split the input",
-            ));
-        }
-        let chain_head = self.index.insert(hash, new_index).unwrap_or(NO_NEXT);
+        let new_index = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&i| i != u32::MAX)
+            .ok_or_else(|| Error::input("more than 2^32-1 unique lines; split the input"))?;
+        let entries = &self.entries;
+        self.index
+            .insert_unique(hash, new_index, |&i| entries[i as usize].hash);
         let source = match self.sources.last() {
             Some(last) if Arc::ptr_eq(last, r.source) || **last == **r.source => {
                 self.sources.len() as u32 - 1
@@ -666,7 +523,7 @@ impl DedupTable {
         self.entries.push(Entry {
             start,
             len: r.cmd.len() as u32,
-            next: chain_head,
+            hash,
             count: 1,
             source,
             label,
@@ -798,12 +655,5 @@ mod tests {
         }
         assert_eq!(t.len(), 100);
         assert!((0..100).all(|i| t.count(i) == 10));
-    }
-
-    #[test]
-    fn delimiter_parsing() {
-        assert_eq!(parse_delimiter("\\t"), Ok(b'\t'));
-        assert_eq!(parse_delimiter(";"), Ok(b';'));
-        assert!(parse_delimiter("ab").is_err());
     }
 }

@@ -69,7 +69,7 @@ pub struct AnswerCache {
 impl AnswerCache {
     /// Open (or create) the cache file and load every complete line.
     pub fn open(path: &Path) -> Result<(AnswerCache, CacheLoad)> {
-        crate::table::ensure_parent(path)?;
+        crate::io::table::ensure_parent(path)?;
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)

@@ -7,13 +7,13 @@ use super::injection::injection_reason;
 use super::verdict::{BENIGN_TOKEN, MALICIOUS_TOKEN, Verdict, parse_answer};
 use super::{Answer, AskError, Budget, Labeler, LabelerInfo};
 use crate::error::{Error, Result};
+use crate::vocab::Flag;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::Poll;
 
 /// How a labeling run behaves (the labeler itself carries endpoint, model, prompt, retries).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,9 +70,9 @@ pub struct LabelResult {
     pub attempts: u32,
     /// Why there is no usable verdict, or notes on an unparsed answer.
     pub error: Option<String>,
-    /// `injection` and/or `disagreement` (comma-separated); flagged lines never feed
-    /// augmentation.
-    pub flag: Option<String>,
+    /// Why the line is kept out of augmentation whatever its verdict (injection,
+    /// disagreement); flagged lines go to review.
+    pub flags: Vec<Flag>,
     /// Why the line was flagged.
     pub flag_reason: Option<String>,
     /// How many of the samples came from the cache.
@@ -82,12 +82,17 @@ pub struct LabelResult {
 impl LabelResult {
     /// Whether this line may join the benign training data: a benign verdict and no flag.
     pub fn feeds_augmentation(&self) -> bool {
-        self.verdict == Verdict::Benign && self.flag.is_none()
+        self.verdict == Verdict::Benign && self.flags.is_empty()
     }
 
     /// Whether an analyst should look at it: malicious, unparsed, or flagged.
     pub fn needs_review(&self) -> bool {
-        matches!(self.verdict, Verdict::Malicious | Verdict::Unparsed) || self.flag.is_some()
+        matches!(self.verdict, Verdict::Malicious | Verdict::Unparsed) || !self.flags.is_empty()
+    }
+
+    /// The `flag` cell of the outputs: the flags joined by commas, `None` for none.
+    pub fn flag_text(&self) -> Option<String> {
+        Flag::join(&self.flags)
     }
 }
 
@@ -112,32 +117,8 @@ pub async fn label_candidates(
         return Err(Error::input("concurrency must be at least 1"));
     }
     let info = labeler.info().clone();
-    let samples = cfg.samples as usize;
-
-    let mut position: HashMap<&str, usize> = HashMap::new();
-    let mut unique: Vec<&str> = Vec::new();
-    for cmd in cmds {
-        position.entry(cmd.as_str()).or_insert_with(|| {
-            unique.push(cmd.as_str());
-            unique.len() - 1
-        });
-    }
-    let pre_error: Vec<Option<String>> = unique
-        .iter()
-        .map(|cmd| {
-            let chars = cmd.chars().count();
-            if cmd.trim().is_empty() {
-                Some("empty command line; not sent".to_string())
-            } else if chars > cfg.max_command_chars {
-                Some(format!(
-                    "command line has {chars} characters, over --max-command-chars {}; not sent",
-                    cfg.max_command_chars
-                ))
-            } else {
-                None
-            }
-        })
-        .collect();
+    let (position, unique) = unique_commands(cmds);
+    let pre_error = unsendable(&unique, cfg.max_command_chars);
     let askable: Vec<String> = unique
         .iter()
         .zip(&pre_error)
@@ -145,50 +126,16 @@ pub async fn label_candidates(
         .map(|(c, _)| c.to_string())
         .collect();
     labeler.prepare(&askable)?;
-
-    let cache = match (&cfg.cache, info.cacheable) {
-        (Some(path), true) => {
-            let (cache, load) = AnswerCache::open(path)?;
-            tracing::info!(
-                "label cache {}: {} answers on file",
-                path.display(),
-                load.answers
-            );
-            Some(cache)
-        }
-        _ => None,
+    let cache = open_cache(cfg, &info)?;
+    let run = Asking {
+        labeler,
+        cfg,
+        info: &info,
+        unique: &unique,
+        cache: cache.as_ref(),
     };
-
-    let key = |u: usize, sample: usize| CacheKey {
-        endpoint: info.endpoint.clone(),
-        model: info.model.clone(),
-        prompt_version: info.prompt_version.clone(),
-        prompt_fingerprint: info.prompt_fingerprint.clone(),
-        sample: sample as u32,
-        cmd: unique[u].to_string(),
-    };
-    let mut slots: Vec<Option<Outcome>> = vec![None; unique.len() * samples];
-    let mut jobs: Vec<(usize, usize)> = Vec::new();
-    for u in (0..unique.len()).filter(|&u| pre_error[u].is_none()) {
-        for s in 0..samples {
-            match cache.as_ref().and_then(|c| c.get(&key(u, s))) {
-                Some(answer) if !stale_truncation(&answer, &info) => {
-                    slots[u * samples + s] = Some(Outcome::Answer {
-                        answer,
-                        cached: true,
-                    });
-                }
-                _ => jobs.push((u, s)),
-            }
-        }
-    }
-    let total = (askable.len() * samples) as u64;
-    let pb = if cfg.progress {
-        crate::progress::bar(total, "label", "answers")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.inc(total - jobs.len() as u64);
+    let (slots, jobs) = run.plan(&pre_error);
+    let total = (askable.len() * cfg.samples as usize) as u64;
     tracing::info!(
         "labeling {} unique command lines ({} answers needed, {} cached) with {} at {} \
          (prompt {})",
@@ -199,90 +146,16 @@ pub async fn label_candidates(
         info.endpoint,
         info.prompt_version
     );
-
-    let budget = Budget::new(cfg.max_requests, cfg.max_tokens);
-    let slots = Mutex::new(slots);
-    let next = AtomicUsize::new(0);
-    let abort = AtomicBool::new(false);
-    let consecutive_failures = AtomicUsize::new(0);
-    let fatal: Mutex<Option<Error>> = Mutex::new(None);
-    let stop = |e: Error| {
-        abort.store(true, Ordering::SeqCst);
-        fatal.lock().expect("fatal lock").get_or_insert(e);
+    let pb = if cfg.progress {
+        crate::progress::bar(total, "label", "answers")
+    } else {
+        indicatif::ProgressBar::hidden()
     };
-    // Workers share the state below by reference; each `async move` copies the references.
-    let (slots_ref, next, abort, fatal_stop) = (&slots, &next, &abort, &stop);
-    let (jobs, unique, cache, key, budget, pb) = (&jobs, &unique, &cache, &key, &budget, &pb);
-    let consecutive_failures = &consecutive_failures;
-    let worker = move || async move {
-        loop {
-            let j = next.fetch_add(1, Ordering::SeqCst);
-            if j >= jobs.len() || abort.load(Ordering::SeqCst) {
-                break;
-            }
-            let (u, s) = jobs[j];
-            let outcome = match labeler.ask(unique[u], s as u32, budget).await {
-                Ok(answer) => {
-                    if let Some(cache) = &cache
-                        && let Err(e) = cache.put(&key(u, s), &answer)
-                    {
-                        fatal_stop(e);
-                        break;
-                    }
-                    consecutive_failures.store(0, Ordering::SeqCst);
-                    Outcome::Answer {
-                        answer,
-                        cached: false,
-                    }
-                }
-                Err(AskError::Fatal(message)) => {
-                    fatal_stop(Error::runtime(message));
-                    break;
-                }
-                Err(AskError::Failed { message, attempts }) => {
-                    // No request was made (e.g. the oracle has no label for the line): expected,
-                    // counted in the summary; a failed request is worth a warning each time.
-                    if attempts == 0 {
-                        tracing::debug!("no answer for {:?}: {message}", preview(unique[u]));
-                    } else {
-                        tracing::warn!("no answer for {:?}: {message}", preview(unique[u]));
-                    }
-                    let in_a_row = consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
-                    if attempts > 0 && cfg.max_consecutive_failures.is_some_and(|m| in_a_row >= m) {
-                        fatal_stop(Error::runtime(format!(
-                            "{in_a_row} command lines in a row got no answer; last error: \
-                             {message}. The server looks down or overloaded: check it and \
-                             rerun (answers received so far are cached)"
-                        )));
-                        break;
-                    }
-                    Outcome::Failed { message, attempts }
-                }
-                Err(AskError::Budget(message)) => Outcome::Skipped(message),
-            };
-            slots_ref.lock().expect("slots lock")[u * samples + s] = Some(outcome);
-            pb.inc(1);
-        }
-    };
-    join_all(
-        (0..cfg.concurrency.min(jobs.len()))
-            .map(|_| worker())
-            .collect(),
-    )
-    .await;
+    pb.inc(total - jobs.len() as u64);
+    let slots = run.ask_all(slots, &jobs, &pb).await?;
     pb.finish_and_clear();
-    if let Some(e) = fatal.into_inner().expect("fatal lock") {
-        return Err(e);
-    }
-    if budget.requests_used() > 0 {
-        tracing::info!(
-            "{} requests sent, {} tokens used",
-            budget.requests_used(),
-            budget.tokens_used()
-        );
-    }
 
-    let slots = slots.into_inner().expect("slots lock");
+    let samples = cfg.samples as usize;
     let per_unique: Vec<LabelResult> = (0..unique.len())
         .map(|u| {
             let outcomes: Vec<Outcome> = match &pre_error[u] {
@@ -302,6 +175,197 @@ pub async fn label_candidates(
         .iter()
         .map(|c| per_unique[position[c.as_str()]].clone())
         .collect())
+}
+
+/// The distinct commands in first-seen order, and where each input command's answer is.
+fn unique_commands(cmds: &[String]) -> (HashMap<&str, usize>, Vec<&str>) {
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    let mut unique: Vec<&str> = Vec::new();
+    for cmd in cmds {
+        position.entry(cmd.as_str()).or_insert_with(|| {
+            unique.push(cmd.as_str());
+            unique.len() - 1
+        });
+    }
+    (position, unique)
+}
+
+/// Why a command is not sent at all (empty, or too long), per unique command.
+fn unsendable(unique: &[&str], max_chars: usize) -> Vec<Option<String>> {
+    unique
+        .iter()
+        .map(|cmd| {
+            let chars = cmd.chars().count();
+            if cmd.trim().is_empty() {
+                Some("empty command line; not sent".to_string())
+            } else if chars > max_chars {
+                Some(format!(
+                    "command line has {chars} characters, over --max-command-chars {max_chars}; \
+                     not sent"
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// The answer cache, when one is configured and the labeler's answers are worth keeping.
+fn open_cache(cfg: &LabelConfig, info: &LabelerInfo) -> Result<Option<AnswerCache>> {
+    match (&cfg.cache, info.cacheable) {
+        (Some(path), true) => {
+            let (cache, load) = AnswerCache::open(path)?;
+            tracing::info!(
+                "label cache {}: {} answers on file",
+                path.display(),
+                load.answers
+            );
+            Ok(Some(cache))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// One answer per (unique command, sample): `None` until asked.
+type Slots = Vec<Option<Outcome>>;
+
+/// What asking needs: the labeler, the settings, the commands and the cache.
+struct Asking<'a> {
+    labeler: &'a dyn Labeler,
+    cfg: &'a LabelConfig,
+    info: &'a LabelerInfo,
+    unique: &'a [&'a str],
+    cache: Option<&'a AnswerCache>,
+}
+
+impl Asking<'_> {
+    fn key(&self, u: usize, sample: usize) -> CacheKey {
+        CacheKey {
+            endpoint: self.info.endpoint.clone(),
+            model: self.info.model.clone(),
+            prompt_version: self.info.prompt_version.clone(),
+            prompt_fingerprint: self.info.prompt_fingerprint.clone(),
+            sample: sample as u32,
+            cmd: self.unique[u].to_string(),
+        }
+    }
+
+    /// Fill the slots the cache answers; the rest are the jobs, `(unique command, sample)`.
+    fn plan(&self, pre_error: &[Option<String>]) -> (Slots, Vec<(usize, usize)>) {
+        let samples = self.cfg.samples as usize;
+        let mut slots: Slots = vec![None; self.unique.len() * samples];
+        let mut jobs = Vec::new();
+        for u in (0..self.unique.len()).filter(|&u| pre_error[u].is_none()) {
+            for s in 0..samples {
+                match self.cache.and_then(|c| c.get(&self.key(u, s))) {
+                    Some(answer) if !stale_truncation(&answer, self.info) => {
+                        slots[u * samples + s] = Some(Outcome::Answer {
+                            answer,
+                            cached: true,
+                        });
+                    }
+                    _ => jobs.push((u, s)),
+                }
+            }
+        }
+        (slots, jobs)
+    }
+
+    /// Ask every job, at most `concurrency` at once, in job order. A fatal error (or too many
+    /// failures in a row) stops the jobs not yet started and is returned.
+    async fn ask_all(
+        &self,
+        slots: Slots,
+        jobs: &[(usize, usize)],
+        pb: &indicatif::ProgressBar,
+    ) -> Result<Slots> {
+        let samples = self.cfg.samples as usize;
+        let budget = Budget::new(self.cfg.max_requests, self.cfg.max_tokens);
+        let slots = Mutex::new(slots);
+        let abort = AtomicBool::new(false);
+        let consecutive_failures = AtomicUsize::new(0);
+        let fatal: Mutex<Option<Error>> = Mutex::new(None);
+        let stop = |e: Error| {
+            abort.store(true, Ordering::SeqCst);
+            fatal.lock().expect("fatal lock").get_or_insert(e);
+        };
+        futures_util::stream::iter(jobs)
+            .for_each_concurrent(self.cfg.concurrency, |&(u, s)| {
+                let (slots, abort, stop, budget) = (&slots, &abort, &stop, &budget);
+                let consecutive_failures = &consecutive_failures;
+                async move {
+                    if abort.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let outcome = match self.ask(u, s, budget, consecutive_failures).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => return stop(e),
+                    };
+                    slots.lock().expect("slots lock")[u * samples + s] = Some(outcome);
+                    pb.inc(1);
+                }
+            })
+            .await;
+        if let Some(e) = fatal.into_inner().expect("fatal lock") {
+            return Err(e);
+        }
+        if budget.requests_used() > 0 {
+            tracing::info!(
+                "{} requests sent, {} tokens used",
+                budget.requests_used(),
+                budget.tokens_used()
+            );
+        }
+        Ok(slots.into_inner().expect("slots lock"))
+    }
+
+    /// One answer (cached as soon as it arrives), or why there is none; `Err` stops the run.
+    async fn ask(
+        &self,
+        u: usize,
+        s: usize,
+        budget: &Budget,
+        consecutive_failures: &AtomicUsize,
+    ) -> Result<Outcome> {
+        let cmd = self.unique[u];
+        match self.labeler.ask(cmd, s as u32, budget).await {
+            Ok(answer) => {
+                if let Some(cache) = self.cache {
+                    cache.put(&self.key(u, s), &answer)?;
+                }
+                consecutive_failures.store(0, Ordering::SeqCst);
+                Ok(Outcome::Answer {
+                    answer,
+                    cached: false,
+                })
+            }
+            Err(AskError::Fatal(message)) => Err(Error::runtime(message)),
+            Err(AskError::Failed { message, attempts }) => {
+                // No request was made (e.g. the oracle has no label for the line): expected,
+                // counted in the summary; a failed request is worth a warning each time.
+                if attempts == 0 {
+                    tracing::debug!("no answer for {:?}: {message}", preview(cmd));
+                } else {
+                    tracing::warn!("no answer for {:?}: {message}", preview(cmd));
+                }
+                let in_a_row = consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
+                if attempts > 0
+                    && self
+                        .cfg
+                        .max_consecutive_failures
+                        .is_some_and(|m| in_a_row >= m)
+                {
+                    return Err(Error::runtime(format!(
+                        "{in_a_row} command lines in a row got no answer; last error: \
+                         {message}. The server looks down or overloaded: check it and \
+                         rerun (answers received so far are cached)"
+                    )));
+                }
+                Ok(Outcome::Failed { message, attempts })
+            }
+            Err(AskError::Budget(message)) => Ok(Outcome::Skipped(message)),
+        }
+    }
 }
 
 /// Blocking wrapper around [`label_candidates`] for callers without an async runtime.
@@ -357,7 +421,7 @@ fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
         tokens: 0,
         attempts: 0,
         error: None,
-        flag: None,
+        flags: Vec::new(),
         flag_reason: None,
         cached: 0,
     };
@@ -435,42 +499,17 @@ fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
     let mut flags = Vec::new();
     let mut reasons = Vec::new();
     if let Some(reason) = injection_reason(cmd) {
-        flags.push("injection");
+        flags.push(Flag::Injection);
         reasons.push(format!("possible prompt injection: {reason}"));
     }
     if verdicts.len() > 1 && verdicts.iter().any(|v| *v != verdicts[0]) {
-        flags.push("disagreement");
+        flags.push(Flag::Disagreement);
         let shown: Vec<&str> = verdicts.iter().map(|v| v.as_str()).collect();
         reasons.push(format!("samples disagree: {}", shown.join(", ")));
     }
     if !flags.is_empty() {
-        result.flag = Some(flags.join(","));
+        result.flags = flags;
         result.flag_reason = Some(reasons.join("; "));
     }
     result
-}
-
-/// Run futures concurrently on the current task until all finish (the workers borrow local
-/// state, so they cannot be spawned as 'static tasks).
-async fn join_all<F: Future<Output = ()>>(futures: Vec<F>) {
-    let mut futures: Vec<Option<std::pin::Pin<Box<F>>>> =
-        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for slot in futures.iter_mut() {
-            if let Some(f) = slot {
-                if f.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    pending = true;
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await
 }

@@ -259,7 +259,10 @@ impl LlmLabeler {
                                 // still be answered, and asking again would not help.
                                 return Err(AskError::Failed {
                                     message: format!(
-                                        "the prompt for this line is longer than the model's                                          context (HTTP {status}: {body}); give the server a                                          larger context (llama-server -c, LLM_CTX for                                          scripts/llm_server.sh) or lower --max-command-chars"
+                                        "the prompt for this line is longer than the model's context (HTTP \
+                                         {status}: {body}); give the server a larger context \
+                                         (llama-server -c, LLM_CTX for scripts/llm_server.sh) \
+                                         or lower --max-command-chars"
                                     ),
                                     attempts: attempt,
                                 });
@@ -480,34 +483,11 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(Duration::from_secs(when.saturating_sub(now)))
 }
 
-/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
+/// An HTTP date (IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, and the obsolete RFC 850 and
+/// asctime forms) to Unix seconds.
 fn parse_http_date(value: &str) -> Option<u64> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: i64 = day.parse().ok()?;
-    let year: i64 = year.parse().ok()?;
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| m == month)? as i64 + 1;
-    let hms: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, m, s] = hms.as_slice() else {
-        return None;
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(UNIX_EPOCH).ok()?.as_secs())
 }
 
 #[cfg(test)]

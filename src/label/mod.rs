@@ -7,11 +7,12 @@
 //! - [`label_candidates`] / [`label_candidates_blocking`]: the engine (bounded concurrency,
 //!   budget, persistent cache, self-consistency, strict parsing, injection flags), callable
 //!   from other stages without the CLI.
-//! - [`run`]: the `longtail label` command (Parquet in, three Parquet files out).
+//! - [`label_file`]: a Parquet file of candidates in, three Parquet files out (what
+//!   `longtail label` runs), with the labeler a [`LabelerSpec`] describes.
 
 mod cache;
-mod cli;
 mod engine;
+mod file;
 mod injection;
 mod llm;
 mod oracle;
@@ -19,11 +20,14 @@ mod prompt;
 mod verdict;
 
 pub use cache::{AnswerCache, CacheKey, CacheLoad};
-pub use cli::{LabelArgs, OUTPUT_COLUMNS, build_labeler, output_batch, run};
 pub use engine::{LabelConfig, LabelResult, label_candidates, label_candidates_blocking};
+pub use file::{
+    CachePlace, LabelFileOutcome, LabelFileRequest, LabelerChoice, LabelerSpec, OUTPUT_COLUMNS,
+    build_labeler, label_file, output_batch,
+};
 pub use injection::injection_reason;
 pub use llm::{ApiKey, LlmConfig, LlmLabeler};
-pub use oracle::{KnownLabel, OracleConfig, OracleLabeler};
+pub use oracle::{OracleConfig, OracleLabeler};
 pub use prompt::{DEFAULT_PROMPT, DEFAULT_PROMPT_VERSION, Prompt, RenderedPrompt};
 pub use verdict::{BENIGN_TOKEN, MALICIOUS_TOKEN, ParsedAnswer, Verdict, parse_answer};
 

@@ -10,46 +10,13 @@
 
 use super::{Answer, AskError, BoxFuture, Budget, Labeler, LabelerInfo};
 use crate::error::{Context, Error, Result};
+use crate::vocab::Label;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-/// A ground-truth label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KnownLabel {
-    Benign,
-    Malicious,
-}
-
-impl KnownLabel {
-    /// `benign` / `malicious` (any case); anything else (e.g. `unknown`) is no label.
-    pub fn parse(text: &str) -> Option<KnownLabel> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "benign" => Some(KnownLabel::Benign),
-            "malicious" => Some(KnownLabel::Malicious),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KnownLabel::Benign => "benign",
-            KnownLabel::Malicious => "malicious",
-        }
-    }
-
-    fn flipped(self) -> KnownLabel {
-        match self {
-            KnownLabel::Benign => KnownLabel::Malicious,
-            KnownLabel::Malicious => KnownLabel::Benign,
-        }
-    }
-}
 
 /// Where the oracle's labels come from, and its noise.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,7 +32,7 @@ pub struct OracleConfig {
 
 /// Answers from known labels.
 pub struct OracleLabeler {
-    labels: HashMap<String, KnownLabel>,
+    labels: HashMap<String, Label>,
     benign_precision: f64,
     malicious_precision: f64,
     seed: u64,
@@ -88,7 +55,7 @@ impl OracleLabeler {
 
     /// An oracle over labels already in memory; `source` names them in outputs.
     pub fn from_labels(
-        labels: HashMap<String, KnownLabel>,
+        labels: HashMap<String, Label>,
         source: &str,
         benign_precision: Option<f64>,
         malicious_precision: Option<f64>,
@@ -134,12 +101,12 @@ impl OracleLabeler {
     }
 
     /// The true label of `cmd`, if the file has one.
-    pub fn known(&self, cmd: &str) -> Option<KnownLabel> {
+    pub fn known(&self, cmd: &str) -> Option<Label> {
         self.labels.get(cmd).copied()
     }
 
     /// The verdict the oracle gives `cmd` after noise.
-    pub fn answer_for(&self, cmd: &str) -> Option<KnownLabel> {
+    pub fn answer_for(&self, cmd: &str) -> Option<Label> {
         let truth = self.known(cmd)?;
         Some(if self.flipped.lock().expect("oracle lock").contains(cmd) {
             truth.flipped()
@@ -159,8 +126,8 @@ impl Labeler for OracleLabeler {
         let mut malicious: Vec<&String> = Vec::new();
         for cmd in cmds.iter().collect::<HashSet<_>>() {
             match self.known(cmd) {
-                Some(KnownLabel::Benign) => benign.push(cmd),
-                Some(KnownLabel::Malicious) => malicious.push(cmd),
+                Some(Label::Benign) => benign.push(cmd),
+                Some(Label::Malicious) => malicious.push(cmd),
                 None => {}
             }
         }
@@ -214,8 +181,8 @@ impl Labeler for OracleLabeler {
         let result = match (self.known(cmd), self.answer_for(cmd)) {
             (Some(truth), Some(given)) => {
                 let token = match given {
-                    KnownLabel::Benign => super::BENIGN_TOKEN,
-                    KnownLabel::Malicious => super::MALICIOUS_TOKEN,
+                    Label::Benign => super::BENIGN_TOKEN,
+                    Label::Malicious => super::MALICIOUS_TOKEN,
                 };
                 let noise = if truth != given {
                     " (flipped by the noise model)"
@@ -243,51 +210,17 @@ impl Labeler for OracleLabeler {
     }
 }
 
-/// Read `cmd` -> label from Parquet or JSONL. Commands labeled both ways are dropped (warned).
-pub fn read_labels(path: &Path) -> Result<HashMap<String, KnownLabel>> {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    let mut pairs: Vec<(String, Option<KnownLabel>)> = Vec::new();
-    if name.ends_with(".parquet") {
-        for batch in crate::table::read_parquet(path)? {
-            let cmds = crate::table::strings(&batch, "cmd", path)?;
-            let labels = crate::table::strings(&batch, "label", path)?;
-            for (c, l) in cmds.into_iter().zip(labels) {
-                if let Some(c) = c {
-                    pairs.push((c, l.as_deref().and_then(KnownLabel::parse)));
-                }
-            }
-        }
-    } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") || name.ends_with(".json") {
-        let file = std::fs::File::open(path)
-            .input_ctx(|| format!("cannot open the oracle labels {}", path.display()))?;
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line =
-                line.input_ctx(|| format!("{}:{}: unreadable line", path.display(), i + 1))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let row: serde_json::Value = serde_json::from_str(&line)
-                .input_ctx(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
-            let cmd = row.get("cmd").and_then(|v| v.as_str()).ok_or_else(|| {
-                Error::input(format!(
-                    "{}:{}: no string field `cmd`",
-                    path.display(),
-                    i + 1
-                ))
-            })?;
-            let label = row
-                .get("label")
-                .and_then(|v| v.as_str())
-                .and_then(KnownLabel::parse);
-            pairs.push((cmd.to_string(), label));
-        }
-    } else {
-        return Err(Error::input(format!(
-            "oracle labels {}: expected a .parquet or .jsonl file with `cmd` and `label`",
-            path.display()
-        )));
-    }
-    let mut labels: HashMap<String, KnownLabel> = HashMap::new();
+/// Read `cmd` -> label from any table [`crate::io::read_labeled`] reads (Parquet, JSONL,
+/// CSV, ...). Commands labeled both ways are dropped (warned).
+pub fn read_labels(path: &Path) -> Result<HashMap<String, Label>> {
+    let pairs = crate::io::read_labeled(&[path.to_path_buf()], false)
+        .input_ctx(|| format!("cannot read the oracle labels {}", path.display()))?
+        .into_iter()
+        .map(|row| {
+            let label = row.label();
+            (row.cmd, label)
+        });
+    let mut labels: HashMap<String, Label> = HashMap::new();
     let mut conflicts: HashSet<String> = HashSet::new();
     for (cmd, label) in pairs {
         let Some(label) = label else { continue };

@@ -194,33 +194,23 @@ pub fn strings(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Optio
     Ok(out)
 }
 
-/// A numeric column cast to f64 (nulls become NaN).
+/// A numeric column (any integer, float or decimal type) cast to f64 (nulls become NaN).
 pub fn numbers(batch: &RecordBatch, name: &str, path: &Path) -> Result<Vec<f64>> {
-    use arrow::datatypes::*;
     let col = column(batch, name, path)?;
-    macro_rules! prim {
-        ($t:ty) => {
-            col.as_primitive::<$t>()
-                .iter()
-                .map(|v| v.map(|x| x as f64).unwrap_or(f64::NAN))
-                .collect()
-        };
+    if !col.data_type().is_numeric() {
+        return Err(Error::input(format!(
+            "column `{name}` of {} is {}, expected a number column",
+            path.display(),
+            col.data_type()
+        )));
     }
-    let out = match col.data_type() {
-        DataType::Float32 => prim!(Float32Type),
-        DataType::Float64 => prim!(Float64Type),
-        DataType::Int32 => prim!(Int32Type),
-        DataType::Int64 => prim!(Int64Type),
-        DataType::UInt32 => prim!(UInt32Type),
-        DataType::UInt64 => prim!(UInt64Type),
-        other => {
-            return Err(Error::input(format!(
-                "column `{name}` of {} is {other}, expected a number column",
-                path.display()
-            )));
-        }
-    };
-    Ok(out)
+    let cast = arrow::compute::cast(col, &DataType::Float64)
+        .input_ctx(|| format!("column `{name}` of {}", path.display()))?;
+    Ok(cast
+        .as_primitive::<arrow::datatypes::Float64Type>()
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
 }
 
 /// Whether a batch has a column of this name.

@@ -48,7 +48,7 @@ const MAX_SKIP_WARNINGS: u64 = 10;
 pub const STDIN_NAME: &str = "<stdin>";
 
 /// The input format; `Auto` decides from the extension, then from the content.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     /// Extension (.parquet, .jsonl/.ndjson/.json, .csv, .tsv, .txt/.log), else content sniffing.
@@ -65,6 +65,15 @@ pub enum InputFormat {
     /// One command per line (`\n` or `\r\n`).
     Text,
 }
+
+crate::vocab::named_enum!(InputFormat {
+    Auto => "auto",
+    Parquet => "parquet",
+    Jsonl => "jsonl",
+    Csv => "csv",
+    Tsv => "tsv",
+    Text => "text",
+});
 
 /// How to read inputs. `Default` gives the CLI's defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -18,9 +18,10 @@
 //!   near-duplicates can join lines that are less similar end to end.
 //! - Cluster ids are dense, numbered by each cluster's first line in input order.
 
+use crate::data::UnionFind;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::sync::Mutex;
 
 /// Parameters of near-duplicate clustering.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -284,35 +285,21 @@ pub fn signatures(lines: &[&str], cfg: &MinHashConfig) -> Result<Vec<u16>> {
     let bar = cfg
         .progress
         .then(|| crate::progress::bar(lines.len() as u64, "minhash", "lines"));
-    {
-        let work = Mutex::new(sigs.chunks_mut(CHUNK * p).enumerate());
-        let threads = cfg.threads().min(lines.len().div_ceil(CHUNK)).max(1);
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    let (mut shingles, mut mins) = (Vec::new(), Vec::new());
-                    loop {
-                        let next = work.lock().map(|mut w| w.next()).unwrap_or(None);
-                        let Some((chunk_index, out)) = next else {
-                            break;
-                        };
-                        let start = chunk_index * CHUNK;
-                        for (i, sig) in out.chunks_mut(p).enumerate() {
-                            hashers.signature(
-                                lines[start + i].as_bytes(),
-                                sig,
-                                &mut shingles,
-                                &mut mins,
-                            );
-                        }
-                        if let Some(bar) = &bar {
-                            bar.inc((out.len() / p) as u64);
-                        }
-                    }
-                });
-            }
-        });
-    }
+    // Each chunk owns its slice of the output, so the result does not depend on scheduling.
+    in_pool(cfg.threads, || {
+        sigs.par_chunks_mut(CHUNK * p).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(shingles, mins), (chunk_index, out)| {
+                let start = chunk_index * CHUNK;
+                for (i, sig) in out.chunks_mut(p).enumerate() {
+                    hashers.signature(lines[start + i].as_bytes(), sig, shingles, mins);
+                }
+                if let Some(bar) = &bar {
+                    bar.inc((out.len() / p) as u64);
+                }
+            },
+        )
+    });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -350,39 +337,6 @@ pub fn exact_jaccard(a: &str, b: &str, k: usize) -> f64 {
 #[inline]
 fn sig_of(sigs: &[u16], p: usize, i: u32) -> &[u16] {
     &sigs[i as usize * p..(i as usize + 1) * p]
-}
-
-/// Disjoint sets over `0..n`; the smallest index of a set is its root (deterministic).
-pub(crate) struct UnionFind {
-    parent: Vec<u32>,
-}
-
-impl UnionFind {
-    pub(crate) fn new(n: usize) -> Self {
-        Self {
-            parent: (0..n as u32).collect(),
-        }
-    }
-    pub(crate) fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let grand = self.parent[self.parent[x as usize] as usize];
-            self.parent[x as usize] = grand;
-            x = grand;
-        }
-        x
-    }
-    /// Join two roots; the smaller index stays root, so results do not depend on timing.
-    fn union_roots(&mut self, a: u32, b: u32) {
-        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-        self.parent[hi as usize] = lo;
-    }
-    /// Join the sets of `a` and `b`.
-    pub(crate) fn union(&mut self, a: u32, b: u32) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            self.union_roots(ra, rb);
-        }
-    }
 }
 
 /// At most this many distinct clusters are tried per LSH bucket, so a bucket of many
@@ -426,25 +380,19 @@ pub fn clusters_from_signatures(sigs: &[u16], n: usize, cfg: &MinHashConfig) -> 
     // lines), then scanned in band order so the result does not depend on scheduling.
     for group_start in (0..bands).step_by(threads) {
         let group: Vec<usize> = (group_start..(group_start + threads).min(bands)).collect();
-        let keyed: Vec<Vec<u64>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = group
-                .iter()
+        let keyed: Vec<Vec<u64>> = in_pool(cfg.threads, || {
+            group
+                .par_iter()
                 .map(|&band| {
-                    scope.spawn(move || {
-                        let mut keys: Vec<u64> = (0..n as u32)
-                            .map(|i| {
-                                let s = &sig_of(sigs, p, i)[band * rows..(band + 1) * rows];
-                                ((band_key(s, band) as u64) << 32) | i as u64
-                            })
-                            .collect();
-                        keys.sort_unstable();
-                        keys
-                    })
+                    let mut keys: Vec<u64> = (0..n as u32)
+                        .map(|i| {
+                            let s = &sig_of(sigs, p, i)[band * rows..(band + 1) * rows];
+                            ((band_key(s, band) as u64) << 32) | i as u64
+                        })
+                        .collect();
+                    keys.sort_unstable();
+                    keys
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
                 .collect()
         });
         for keys in keyed {
@@ -501,6 +449,18 @@ pub fn clusters_from_signatures(sigs: &[u16], n: usize, cfg: &MinHashConfig) -> 
             id_of_root[root]
         })
         .collect()
+}
+
+/// Run `work` on rayon's global pool (`threads` = 0: all cores) or on a pool of `threads`.
+fn in_pool<R: Send>(threads: usize, work: impl FnOnce() -> R + Send) -> R {
+    if threads == 0 {
+        return work();
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(work),
+        // A pool that cannot start (no threads left) still gets the work done, on the global one.
+        Err(_) => work(),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! `export`: a trained classifier folder made self-contained for downstream use, with a
+//! model card.
+
+use super::{Classifier, ClassifierBundle};
+use crate::Globals;
+use crate::error::{Context, Result};
+use crate::io::write_atomic;
+use std::path::Path;
+
+/// Copy the weights, config, threshold (and BPE tokenizer) of `model` into `out` and write a
+/// model card (`README.md`) named `name` (default: the destination folder's name).
+pub fn export(model: &Path, out: &Path, name: Option<&str>) -> Result<()> {
+    // Loading proves the folder is complete and the weights match the config; the CPU is
+    // enough for that, so no GPU is probed.
+    let classifier = Classifier::load(model, &Globals::flex(0))?;
+    let name = name.map(str::to_owned).unwrap_or_else(|| {
+        out.file_name()
+            .map_or("classifier".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let mut files = vec!["model.safetensors", "config.json", "threshold.json"];
+    if classifier.tokens.kind() == super::tokens::TokenKind::Bpe {
+        files.push(super::tokens::TOKENIZER_FILE);
+    }
+    for file in files {
+        let from = model.join(file);
+        let bytes = std::fs::read(&from).input_ctx(|| format!("cannot read {}", from.display()))?;
+        write_atomic(&out.join(file), &bytes)?;
+    }
+    let card = model_card(&name, &classifier);
+    write_atomic(&out.join("README.md"), card.as_bytes())
+}
+
+/// A short model card: what the model is, what it was trained on, how it scored.
+pub fn model_card(name: &str, classifier: &Classifier) -> String {
+    let b: &ClassifierBundle = &classifier.bundle;
+    let m = &b.config.model;
+    let t = &classifier.threshold;
+    let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+    let tokens = match m.tokenizer {
+        crate::classify::tokens::TokenKind::Bytes => "byte tokens".to_string(),
+        crate::classify::tokens::TokenKind::Bpe => format!(
+            "byte-level BPE tokens (vocabulary of {} ids, `tokenizer.json`, learnt on the \
+             training lines)",
+            m.vocab_size
+        ),
+    };
+    let mut s = format!(
+        "# {name}\n\nA CNN command-line classifier from `longtail` ({}): {tokens}, embedding {}, \
+         {} filters of widths {:?}, ReLU, max-pool over time, dropout {}, one logit; lines longer \
+         than {} tokens keep their first and last halves. {} parameters. Score = sigmoid(logit), \
+         the probability that the line is malicious.\n\n",
+        b.format,
+        m.embed_dim,
+        m.filters,
+        m.widths,
+        m.dropout,
+        m.max_len,
+        crate::classify::parameter_count(&classifier.model)
+    );
+    s += "## Data\n\n";
+    s += &format!(
+        "- labeled files: {}\n- augmentation files (benign): {}\n- unique lines: {} benign, {} \
+         malicious, {} augmentation (weight {})\n- skipped rows by label: {:?}; duplicates merged: \
+         {}; conflicting labels dropped: {}\n- malicious loss weight: {:.3}; seed {}; trained on {}\n",
+        list(&b.data.train_files),
+        list(&b.data.augment_files),
+        b.data.benign,
+        b.data.malicious,
+        b.data.augment,
+        b.config.training.augment_weight,
+        b.data.skipped_labels,
+        b.data.duplicates,
+        b.data.conflicts,
+        b.pos_weight,
+        b.seed,
+        b.device
+    );
+    if let Some(init) = &b.init_from {
+        s += &format!("- fine-tuned from {init}\n");
+    }
+    s += "\n## Training and validation\n\n";
+    if let Some(tr) = &b.training {
+        let rate = tr.lines_per_sec.iter().sum::<f64>() / tr.lines_per_sec.len().max(1) as f64;
+        s += &format!(
+            "- {} epochs (best {}), best validation loss {}, {rate:.0} training lines/s\n",
+            tr.epochs_done,
+            tr.best_epoch.map_or(0, |e| e + 1),
+            fmt(tr.best_val)
+        );
+    }
+    if let Some(v) = &b.validation {
+        s += &format!(
+            "- validation split (hash of the text, {:.0} %): {} lines ({} malicious): ROC AUC {}, \
+             PR AUC {}\n",
+            b.config.training.val_fraction * 100.0,
+            v.lines,
+            v.malicious,
+            fmt(v.roc_auc),
+            fmt(v.pr_auc)
+        );
+    }
+    s += &format!(
+        "- threshold {:.6} ({}): {}; validation FPR {}, TPR {}\n\n",
+        t.threshold,
+        t.method,
+        t.note,
+        fmt(t.validation_fpr),
+        fmt(t.validation_tpr)
+    );
+    s += "Validation lines come from the training distribution: these figures are not a test on \
+          unseen sources; use `longtail evaluate` on a held-out test set for that.\n\n";
+    let name_dir = format!("models/{name}");
+    s += &format!(
+        "## Use\n\n```sh\nlongtail classify --model {name_dir} lines.txt -o scores.parquet\n\
+         python3 scripts/load_classifier.py {name_dir}   # numpy + safetensors only\n```\n\n\
+         Files: `model.safetensors` (weights; tensor names follow the module paths: \
+         `embed.weight` [V+1, E] (V = {} token ids, row V = padding), `convs.N.weight` \
+         [F, E, k], `convs.N.bias`, `head.weight` [F*W, 1], `head.bias`), `config.json` \
+         (architecture, data, training history), `threshold.json`{}.\n",
+        m.vocab(),
+        if m.tokenizer == crate::classify::tokens::TokenKind::Bpe {
+            ", `tokenizer.json` (Hugging Face tokenizers format; the Python loader reimplements \
+             its byte-level BPE)"
+        } else {
+            ""
+        }
+    );
+    s
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items
+            .iter()
+            .map(|i| format!("`{i}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
