@@ -3,6 +3,7 @@
 #   - a Rust toolchain (cargo) must already be on PATH (rustup);
 #   - mesa-vulkan-drivers gives wgpu a CPU adapter (lavapipe), so `--device wgpu-cpu` and the
 #     GPU-path tests run without a GPU;
+#   - numpy + safetensors (pip) for scripts/load_classifier.py and its test;
 #   - build: one release profile for the binary and the tests, so dependencies build once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,14 @@ if ! have_lavapipe; then
   else
     echo "setup: warning: no lavapipe; run 'sudo apt-get install mesa-vulkan-drivers' for --device wgpu-cpu" >&2
   fi
+fi
+
+# numpy + safetensors: what scripts/load_classifier.py (the downstream loader) needs; the tests
+# check it against `longtail classify`, and skip (saying so) where they cannot be installed.
+if command -v python3 >/dev/null && ! python3 -c 'import numpy, safetensors.numpy' 2>/dev/null; then
+  echo "setup: installing numpy and safetensors for scripts/load_classifier.py" >&2
+  python3 -m pip install -q --disable-pip-version-check numpy safetensors >/dev/null 2>&1 \
+    || echo "setup: warning: pip could not install numpy/safetensors; the Python loader check will skip" >&2
 fi
 
 echo "setup: building longtail (release; the first build takes a while)" >&2

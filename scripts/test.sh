@@ -7,4 +7,7 @@ bash scripts/setup.sh
 if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
   export LONGTAIL_REQUIRE_WGPU=1   # the wgpu-cpu tests must run, not skip
 fi
+if python3 -c 'import numpy, safetensors.numpy' 2>/dev/null; then
+  export LONGTAIL_REQUIRE_PYTHON=1  # the Python loader must agree with classify, not skip
+fi
 cargo test --release --locked "$@"
