@@ -3,7 +3,9 @@
 
 The downstream contract of `longtail export`: this file reimplements the forward pass
 (tokens -> embedding -> Conv1d per width -> ReLU -> max over real windows -> linear ->
-sigmoid) from config.json and model.safetensors, without Burn or PyTorch.
+sigmoid) from config.json and model.safetensors, without Burn or PyTorch. A seed ensemble
+(config `ensemble = K` > 1) keeps each member's weights in members/K/model.safetensors; its
+score is the sigmoid of the members' mean logit.
 
 Tokens are the line's UTF-8 bytes, or for BPE models (config `tokenizer = "bpe"`) the
 byte-level BPE of tokenizer.json, reimplemented below in plain Python (the Hugging Face
@@ -108,17 +110,24 @@ class Classifier:
         self.max_len = cfg["max_len"]
         self.widths = cfg["widths"]
         self.threshold = json.loads((model_dir / "threshold.json").read_text())["threshold"]
-        t = load_file(str(model_dir / "model.safetensors"))
-        self.embed = t["embed.weight"].astype(np.float64)  # [vocab + 1, E]; last row = padding
-        if self.embed.shape[0] != self.vocab_size + 1:
-            raise SystemExit(f"{model_dir}: embedding has {self.embed.shape[0]} rows, expected {self.vocab_size + 1}")
+        k = bundle["config"].get("ensemble", 1)
+        files = [model_dir / "model.safetensors"] if k <= 1 else [
+            model_dir / "members" / str(m) / "model.safetensors" for m in range(k)]
+        self.members = [self.load_member(f) for f in files]
+
+    def load_member(self, path):
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing (an ensemble member); export the model again")
+        t = load_file(str(path))
+        embed = t["embed.weight"].astype(np.float64)  # [vocab + 1, E]; last row = padding
+        if embed.shape[0] != self.vocab_size + 1:
+            raise SystemExit(f"{path}: embedding has {embed.shape[0]} rows, expected {self.vocab_size + 1}")
         # Burn's Conv1d: weight [F, E, k], bias [F]; Linear: weight [in, out], bias [out].
-        self.convs = [
+        convs = [
             (t[f"convs.{i}.weight"].astype(np.float64), t[f"convs.{i}.bias"].astype(np.float64))
             for i in range(len(self.widths))
         ]
-        self.head_w = t["head.weight"].astype(np.float64)
-        self.head_b = t["head.bias"].astype(np.float64)
+        return embed, convs, t["head.weight"].astype(np.float64), t["head.bias"].astype(np.float64)
 
     def clip(self, data):
         if len(data) <= self.max_len:
@@ -129,12 +138,16 @@ class Classifier:
 
     def logit(self, line: str) -> float:
         data = self.clip(self.tokens(line))
+        return float(np.mean([self.member_logit(m, data) for m in self.members]))
+
+    def member_logit(self, member, data) -> float:
+        embed, convs, head_w, head_b = member
         n = len(data)
         width = max(self.widths)
         tokens = list(data) + [self.pad] * max(0, width - n)  # lines shorter than a kernel see PAD
-        x = self.embed[tokens]  # [L, E]
+        x = embed[tokens]  # [L, E]
         pooled = []
-        for (w, b), k in zip(self.convs, self.widths):
+        for (w, b), k in zip(convs, self.widths):
             windows = max(n - k + 1, 1)
             # out[t, f] = sum_{e, j} w[f, e, j] * x[t + j, e]
             out = np.zeros((windows, w.shape[0]))
@@ -143,7 +156,7 @@ class Classifier:
             out = np.maximum(out + b, 0.0)
             pooled.append(out.max(axis=0))
         h = np.concatenate(pooled)
-        return float(h @ self.head_w[:, 0] + self.head_b[0])
+        return float(h @ head_w[:, 0] + head_b[0])
 
     def score(self, line: str) -> float:
         return 1.0 / (1.0 + np.exp(-self.logit(line)))

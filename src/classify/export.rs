@@ -17,11 +17,18 @@ pub fn export(model: &Path, out: &Path, name: Option<&str>) -> Result<()> {
         out.file_name()
             .map_or("classifier".into(), |n| n.to_string_lossy().into_owned())
     });
-    let mut files = vec!["model.safetensors", "config.json", "threshold.json"];
+    let k = classifier.bundle.config.ensemble.max(1);
+    let mut files: Vec<String> = (0..k)
+        .map(|m| {
+            let dir = super::member_dir(Path::new(""), k, m);
+            dir.join("model.safetensors").display().to_string()
+        })
+        .collect();
+    files.extend(["config.json".into(), "threshold.json".into()]);
     if classifier.tokens.kind() == super::tokens::TokenKind::Bpe {
-        files.push(super::tokens::TOKENIZER_FILE);
+        files.push(super::tokens::TOKENIZER_FILE.into());
     }
-    for file in files {
+    for file in &files {
         let from = model.join(file);
         let bytes = std::fs::read(&from).input_ctx(|| format!("cannot read {}", from.display()))?;
         write_atomic(&out.join(file), &bytes)?;
@@ -44,18 +51,31 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
             m.vocab_size
         ),
     };
+    let k = b.config.ensemble.max(1);
+    let ensemble = if k > 1 {
+        format!(
+            "A seed ensemble of {k} such networks (seeds {}), whose logits are averaged: ",
+            b.members
+                .iter()
+                .map(|m| m.seed.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        String::new()
+    };
     let mut s = format!(
-        "# {name}\n\nA CNN command-line classifier from `longtail` ({}): {tokens}, embedding {}, \
-         {} filters of widths {:?}, ReLU, max-pool over time, dropout {}, one logit; lines longer \
-         than {} tokens keep their first and last halves. {} parameters. Score = sigmoid(logit), \
-         the probability that the line is malicious.\n\n",
+        "# {name}\n\n{ensemble}A CNN command-line classifier from `longtail` ({}): {tokens}, \
+         embedding {}, {} filters of widths {:?}, ReLU, max-pool over time, dropout {}, one logit; \
+         lines longer than {} tokens keep their first and last halves. {} parameters. Score = \
+         sigmoid(logit), the probability that the line is malicious.\n\n",
         b.format,
         m.embed_dim,
         m.filters,
         m.widths,
         m.dropout,
         m.max_len,
-        crate::classify::parameter_count(&classifier.model)
+        crate::classify::parameter_count(classifier)
     );
     s += "## Data\n\n";
     s += &format!(
@@ -113,10 +133,15 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
     s += &format!(
         "## Use\n\n```sh\nlongtail classify --model {name_dir} lines.txt -o scores.parquet\n\
          python3 scripts/load_classifier.py {name_dir}   # numpy + safetensors only\n```\n\n\
-         Files: `model.safetensors` (weights; tensor names follow the module paths: \
+         Files: {}`model.safetensors` (weights; tensor names follow the module paths: \
          `embed.weight` [V+1, E] (V = {} token ids, row V = padding), `convs.N.weight` \
          [F, E, k], `convs.N.bias`, `head.weight` [F*W, 1], `head.bias`), `config.json` \
          (architecture, data, training history), `threshold.json`{}.\n",
+        if k > 1 {
+            format!("`members/0/` .. `members/{}/` each with its ", k - 1)
+        } else {
+            String::new()
+        },
         m.vocab(),
         if m.tokenizer == crate::classify::tokens::TokenKind::Bpe {
             ", `tokenizer.json` (Hugging Face tokenizers format; the Python loader reimplements \

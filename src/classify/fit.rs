@@ -91,8 +91,9 @@ pub struct TrainOutcome {
     pub state: TrainState,
     pub pos_weight: f64,
     pub train_lines: usize,
-    /// Validation lines and the best model's probabilities on them.
+    /// Validation lines and the best model's logits and probabilities on them.
     pub val_labels: Vec<bool>,
+    pub val_logits: Vec<f32>,
     pub val_scores: Vec<f64>,
     /// Validation ROC AUC after each epoch, a resumed run's earlier epochs included (NaN when
     /// one class is missing).
@@ -142,9 +143,10 @@ fn batch_loss(
     loss.sum().div_scalar(hb.batch as f64 * mean_weight)
 }
 
-/// Logits of already clipped token rows, bucketed by length, in the input order.
+/// Logits of already clipped token rows, bucketed by length, in the input order: the mean
+/// of the members' logits for an ensemble (one member: its own logits, exactly).
 pub fn logits(
-    model: &CnnClassifier,
+    members: &[CnnClassifier],
     cfg: &CnnConfig,
     clipped: &[&[u32]],
     device: &Device,
@@ -157,16 +159,36 @@ pub fn logits(
     for group in bucket_by_length(&lens, max_batch, batch_tokens) {
         let rows: Vec<&[u32]> = group.iter().map(|&i| clipped[i]).collect();
         let hb = HostBatch::new(cfg, &rows);
-        let z = model
-            .forward(hb.tokens(device), hb.lens(device))
-            .into_data_as::<f32>();
-        let z = z.as_slice::<f32>().expect("f32 data");
+        let per_member: Vec<Vec<f32>> = members
+            .iter()
+            .map(|model| {
+                let z = model
+                    .forward(hb.tokens(device), hb.lens(device))
+                    .into_data_as::<f32>();
+                z.as_slice::<f32>().expect("f32 data").to_vec()
+            })
+            .collect();
+        let refs: Vec<&[f32]> = per_member.iter().map(|v| v.as_slice()).collect();
+        let mean = mean_logits(&refs);
         for (r, &i) in group.iter().enumerate() {
-            out[i] = z[r];
+            out[i] = mean[r];
         }
         on_batch(group.len());
     }
     out
+}
+
+/// The element-wise mean of the members' logits (f32, so one member's pass through exactly).
+pub fn mean_logits(members: &[&[f32]]) -> Vec<f32> {
+    let n = members.first().map_or(0, |m| m.len());
+    let mut sum = vec![0f32; n];
+    for m in members {
+        for (s, &x) in sum.iter_mut().zip(m.iter()) {
+            *s += x;
+        }
+    }
+    let k = members.len().max(1) as f32;
+    sum.into_iter().map(|s| s / k).collect()
 }
 
 /// The classifier as a [`Task`]: each epoch a fresh permutation decides which lines of equal
@@ -340,7 +362,7 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
     let (model, state) = fit(&spec, &task, model)?;
     let model = model.valid();
     let val_labels: Vec<bool> = val_idx.iter().map(|&i| examples[i].malicious).collect();
-    let val_scores = score_indices(
+    let val_logits = val_logits(
         &model,
         cfg,
         &clipped,
@@ -348,6 +370,7 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         setup.device,
         setup.training,
     );
+    let val_scores = val_logits.iter().map(|&z| sigmoid(z)).collect();
     // This process's epochs (a resumed run's earlier epochs are in `state.metrics` too).
     let val_auc_per_epoch = state
         .metrics
@@ -361,23 +384,25 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
             pos_weight,
             train_lines: train_idx.len(),
             val_labels,
+            val_logits,
             val_scores,
             val_auc_per_epoch,
         },
     ))
 }
 
-fn score_indices(
+/// The model's logits on the validation rows `idx`, in that order.
+fn val_logits(
     model: &CnnClassifier,
     cfg: &CnnConfig,
     clipped: &[Vec<u32>],
     idx: &[usize],
     device: &Device,
     training: &TrainingConfig,
-) -> Vec<f64> {
+) -> Vec<f32> {
     let rows: Vec<&[u32]> = idx.iter().map(|&i| clipped[i].as_slice()).collect();
     logits(
-        model,
+        std::slice::from_ref(model),
         cfg,
         &rows,
         device,
@@ -385,7 +410,4 @@ fn score_indices(
         training.batch_tokens,
         |_| {},
     )
-    .into_iter()
-    .map(sigmoid)
-    .collect()
 }

@@ -26,19 +26,60 @@ use data::DataSummary;
 use fit::TrainingConfig;
 use model::{CnnClassifier, CnnConfig, sigmoid};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokens::{TokenKind, Tokens};
 
 /// The `format` written into every `config.json`; bump when the forward pass changes.
 pub const FORMAT: &str = "longtail-cnn-classifier/1";
 
 /// Everything chosen before training; `configs/classifier.toml`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClassifierConfig {
+    /// Members of a seed ensemble: K networks trained alike on different seeds, whose logits
+    /// are averaged (1 = a single network). Averaging cancels much of the seed-to-seed noise
+    /// of one small CNN, at K times the training and scoring cost.
+    pub ensemble: usize,
     pub model: CnnConfig,
     pub optim: OptimConfig,
     pub training: TrainingConfig,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        ClassifierConfig {
+            ensemble: 1,
+            model: CnnConfig::default(),
+            optim: OptimConfig::default(),
+            training: TrainingConfig::default(),
+        }
+    }
+}
+
+/// The most ensemble members a config may ask for.
+pub const MAX_ENSEMBLE: usize = 32;
+
+/// The seed of ensemble member `k` of a model trained with `seed`: member 0 keeps the seed
+/// (so `ensemble = 1` is the single network), the others are spread by a hash so that the
+/// members of two seeds' ensembles never coincide (`seed + k` would share members between
+/// experiment seeds 1 and 2 and understate their spread).
+pub fn member_seed(seed: u64, k: usize) -> u64 {
+    if k == 0 {
+        seed
+    } else {
+        xxhash_rust::xxh3::xxh3_64_with_seed(&(k as u64).to_le_bytes(), seed)
+    }
+}
+
+/// Where ensemble member `k` of a classifier directory lives: the directory itself for a
+/// single network, `members/K/` otherwise (each with `model.safetensors` and, while
+/// training, `checkpoint/`).
+pub fn member_dir(dir: &Path, ensemble: usize, k: usize) -> PathBuf {
+    if ensemble <= 1 {
+        dir.to_path_buf()
+    } else {
+        dir.join("members").join(k.to_string())
+    }
 }
 
 impl ClassifierConfig {
@@ -49,6 +90,13 @@ impl ClassifierConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_ENSEMBLE).contains(&self.ensemble) {
+            return Err(crate::Error::input(format!(
+                "classifier config: ensemble must be in 1..={MAX_ENSEMBLE} (members averaged), \
+                 got {}",
+                self.ensemble
+            )));
+        }
         self.model.validate()?;
         self.training.validate()
     }
@@ -83,8 +131,25 @@ pub struct ClassifierBundle {
     pub init_from: Option<String>,
     pub device: String,
     pub seed: u64,
+    /// Training of the single network, or of member 0 of an ensemble.
     pub training: Option<TrainState>,
+    /// Validation of the model as used: the ensemble's averaged logits for an ensemble.
     pub validation: Option<ValidationSummary>,
+    /// One entry per ensemble member (empty for a single network).
+    #[serde(default)]
+    pub members: Vec<MemberSummary>,
+}
+
+/// One member of a seed ensemble, in `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// Its folder, relative to the classifier directory (`members/K`).
+    pub dir: String,
+    pub seed: u64,
+    pub epochs_done: usize,
+    pub best_epoch: Option<usize>,
+    /// Its own validation ROC AUC (the ensemble's is in `validation`).
+    pub roc_auc: Option<f64>,
 }
 
 /// `threshold.json`: flag a line as malicious when `score >= threshold`.
@@ -202,7 +267,8 @@ fn next_above(x: f64) -> f64 {
 pub struct Classifier {
     pub bundle: ClassifierBundle,
     pub threshold: Threshold,
-    pub model: CnnClassifier,
+    /// The network, or the ensemble's members (their logits are averaged).
+    pub members: Vec<CnnClassifier>,
     /// Turns lines into the model's token ids (bytes, or the BPE of `tokenizer.json`).
     pub tokens: Tokens,
     pub device: Device,
@@ -230,15 +296,29 @@ impl Classifier {
         let model_cfg = &bundle.config.model;
         let tokens = Tokens::load(dir, model_cfg.tokenizer, model_cfg.vocab())?;
         let threshold: Threshold = crate::io::read_json(&dir.join("threshold.json"), "threshold")?;
-        let chosen = globals.device.clone();
-        let model = bundle.config.model.init(&chosen.device);
-        let model = crate::train::load_weights(model, &dir.join("model.safetensors"))?.valid();
+        let device = globals.device.device.clone();
+        let k = bundle.config.ensemble.max(1);
+        let members = (0..k)
+            .map(|m| {
+                let weights = member_dir(dir, k, m).join("model.safetensors");
+                if !weights.exists() {
+                    return Err(crate::Error::input(format!(
+                        "{} is missing ensemble member {m} of {k} ({}); export or train the \
+                         classifier again",
+                        dir.display(),
+                        weights.display()
+                    )));
+                }
+                let model = bundle.config.model.init(&device);
+                Ok(crate::train::load_weights(model, &weights)?.valid())
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             bundle,
             threshold,
-            model,
+            members,
             tokens,
-            device: chosen.device,
+            device,
         })
     }
 
@@ -258,7 +338,7 @@ impl Classifier {
             .collect();
         let rows: Vec<&[u32]> = clipped.iter().map(|c| c.as_slice()).collect();
         fit::logits(
-            &self.model,
+            &self.members,
             cfg,
             &rows,
             &self.device,
@@ -292,8 +372,9 @@ pub struct TrainRequest<'a> {
     pub resume: bool,
 }
 
-/// Train a classifier into `req.out`: config.json, model.safetensors, threshold.json, and
-/// tokenizer.json for BPE tokens (trained on the training split, or taken from `--init`).
+/// Train a classifier into `req.out`: config.json, model.safetensors (or one per ensemble
+/// member, in `members/K/`), threshold.json, and tokenizer.json for BPE tokens (trained on
+/// the training split, or taken from `--init`).
 pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> {
     let mut config = req.config.clone();
     let chosen = globals.device.clone();
@@ -310,13 +391,20 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
                 );
                 config.model = from.bundle.config.model.clone();
             }
-            let model = config.model.init(&train_device);
-            Some(crate::train::load_weights(
-                model,
-                &dir.join("model.safetensors"),
-            )?)
+            // Member k starts from the init model's member k (its only network when it has
+            // one), so fine-tuning an ensemble keeps its members apart.
+            let k = from.bundle.config.ensemble.max(1);
+            (0..k)
+                .map(|m| {
+                    let model = config.model.init(&train_device);
+                    crate::train::load_weights(
+                        model,
+                        &member_dir(dir, k, m).join("model.safetensors"),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?
         }
-        None => None,
+        None => Vec::new(),
     };
     config.validate()?;
     let cfg_path = req.out.join("config.json");
@@ -338,7 +426,8 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         summary.augment,
         summary.skipped_labels
     );
-    let run = crate::train::RunDir::new(req.out)?;
+    std::fs::create_dir_all(req.out)
+        .runtime_ctx(|| format!("cannot create {}", req.out.display()))?;
     let tokens = training_tokens(req, &config, &examples, init_tokens)?;
     tokens.save(req.out)?;
     let mut bundle = ClassifierBundle {
@@ -353,40 +442,68 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         seed: globals.seed,
         training: None,
         validation: None,
+        members: Vec::new(),
     };
     // Written first so that a killed run can be inspected and resumed.
     write_bundle(req.out, &bundle)?;
-    let setup = fit::TrainSetup {
-        model: &config.model,
-        tokens: &tokens,
-        optim: &config.optim,
-        training: &config.training,
-        run: &run,
-        device: &chosen.device,
-        seed: globals.seed,
-        resume: req.resume,
-        init,
-    };
-    let (_model, outcome) = fit::train(&setup, &examples)?;
-    let malicious = outcome.val_labels.iter().filter(|&&l| l).count();
-    let curve = crate::evaluate::roc_curve(&outcome.val_scores, &outcome.val_labels).ok();
+    let k = config.ensemble;
+    let mut outcomes: Vec<fit::TrainOutcome> = Vec::with_capacity(k);
+    for m in 0..k {
+        if k > 1 {
+            tracing::info!("ensemble member {}/{k}", m + 1);
+        }
+        let dir = member_dir(req.out, k, m);
+        let run = crate::train::RunDir::new(&dir)?;
+        let setup = fit::TrainSetup {
+            model: &config.model,
+            tokens: &tokens,
+            optim: &config.optim,
+            training: &config.training,
+            run: &run,
+            device: &chosen.device,
+            seed: member_seed(globals.seed, m),
+            // A finished member resumes to its best weights at once: a rerun after a kill
+            // retrains only the members that had not finished.
+            resume: req.resume,
+            init: (!init.is_empty()).then(|| init[m % init.len()].clone()),
+        };
+        let (_model, outcome) = fit::train(&setup, &examples)?;
+        if k > 1 {
+            bundle.members.push(MemberSummary {
+                dir: format!("members/{m}"),
+                seed: setup.seed,
+                epochs_done: outcome.state.epochs_done,
+                best_epoch: outcome.state.best_epoch,
+                roc_auc: crate::evaluate::roc_auc(&outcome.val_scores, &outcome.val_labels).ok(),
+            });
+            write_bundle(req.out, &bundle)?;
+        }
+        outcomes.push(outcome);
+    }
+    // The validation lines are the same for every member (a hash of the text): the ensemble's
+    // scores on them are the sigmoid of the members' mean logit.
+    let first = &outcomes[0];
+    let val_labels = first.val_labels.clone();
+    let member_logits: Vec<&[f32]> = outcomes.iter().map(|o| o.val_logits.as_slice()).collect();
+    let val_scores: Vec<f64> = fit::mean_logits(&member_logits)
+        .into_iter()
+        .map(sigmoid)
+        .collect();
+    let malicious = val_labels.iter().filter(|&&l| l).count();
+    let curve = crate::evaluate::roc_curve(&val_scores, &val_labels).ok();
     bundle.validation = Some(ValidationSummary {
-        lines: outcome.val_labels.len(),
+        lines: val_labels.len(),
         malicious,
-        benign: outcome.val_labels.len() - malicious,
+        benign: val_labels.len() - malicious,
         roc_auc: curve.as_ref().map(|c| c.auc()),
         pr_auc: curve.as_ref().map(|c| c.average_precision()),
-        roc_auc_per_epoch: outcome
+        roc_auc_per_epoch: first
             .val_auc_per_epoch
             .iter()
             .map(|&a| a.is_finite().then_some(a))
             .collect(),
     });
-    let threshold = Threshold::choose(
-        &outcome.val_scores,
-        &outcome.val_labels,
-        config.training.threshold_fpr,
-    );
+    let threshold = Threshold::choose(&val_scores, &val_labels, config.training.threshold_fpr);
     match threshold.method {
         ThresholdMethod::Default => tracing::warn!("threshold 0.5 (default): {}", threshold.note),
         ThresholdMethod::ValidationZeroFpr => tracing::warn!(
@@ -396,9 +513,9 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         ),
         ThresholdMethod::ValidationFpr => {}
     }
-    bundle.pos_weight = outcome.pos_weight;
-    bundle.train_lines = outcome.train_lines;
-    bundle.training = Some(outcome.state);
+    bundle.pos_weight = first.pos_weight;
+    bundle.train_lines = first.train_lines;
+    bundle.training = Some(first.state.clone());
     crate::io::write_json(&req.out.join("threshold.json"), &threshold)?;
     write_bundle(req.out, &bundle)?;
     Ok(bundle)
@@ -443,9 +560,9 @@ fn training_tokens(
     Ok(tokens)
 }
 
-/// Number of parameters of a model (for the model card).
-pub fn parameter_count(model: &CnnClassifier) -> usize {
-    model.num_params()
+/// Number of parameters of a classifier, all ensemble members together (for the model card).
+pub fn parameter_count(classifier: &Classifier) -> usize {
+    classifier.members.iter().map(|m| m.num_params()).sum()
 }
 
 #[cfg(test)]

@@ -32,8 +32,7 @@ pub fn write_scores_jsonl(
         let mut line = serde_json::to_vec(&row).expect("plain data serialises");
         line.push(b'\n');
         // A plain I/O error (not wrapped by serde_json), so a closed pipe stays recognisable.
-        out.write_all(&line)
-            .runtime_ctx(|| "writing scores")?;
+        out.write_all(&line).runtime_ctx(|| "writing scores")?;
     }
     Ok(())
 }

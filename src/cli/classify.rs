@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// Override the config's number of epochs.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Override the config's `ensemble`: train K networks on different seeds and average their
+    /// logits (K times the cost; steadier scores).
+    #[arg(long, value_name = "K")]
+    pub ensemble: Option<usize>,
 }
 
 pub fn train(args: &TrainArgs, globals: &Globals) -> Result<()> {
@@ -54,6 +58,9 @@ pub fn train(args: &TrainArgs, globals: &Globals) -> Result<()> {
     }
     if let Some(w) = args.augment_weight {
         config.training.augment_weight = w;
+    }
+    if let Some(k) = args.ensemble {
+        config.ensemble = k;
     }
     config.validate()?;
     let start = Instant::now();

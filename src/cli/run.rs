@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Override `[label] oracle_malicious_precision`.
     #[arg(long)]
     pub oracle_malicious_precision: Option<f64>,
+    /// Override `[classifier] ensemble`: every classifier of the run (baseline and arms) is a
+    /// seed ensemble of K networks.
+    #[arg(long, value_name = "K")]
+    pub ensemble: Option<usize>,
 }
 
 impl RunArgs {
@@ -55,6 +59,7 @@ impl RunArgs {
             arms: self.arms.clone(),
             oracle_benign_precision: self.oracle_benign_precision,
             oracle_malicious_precision: self.oracle_malicious_precision,
+            ensemble: self.ensemble,
         }
     }
 }

@@ -282,6 +282,8 @@ pub struct RunRequest {
     pub oracle_benign_precision: Option<f64>,
     /// Override `[label] oracle_malicious_precision`.
     pub oracle_malicious_precision: Option<f64>,
+    /// Override `[classifier] ensemble` (members per classifier).
+    pub ensemble: Option<usize>,
 }
 
 impl RunRequest {
@@ -308,6 +310,9 @@ impl RunRequest {
         if let Some(p) = self.oracle_malicious_precision {
             c += &format!(" --oracle-malicious-precision {p}");
         }
+        if let Some(k) = self.ensemble {
+            c += &format!(" --ensemble {k}");
+        }
         c
     }
 
@@ -328,6 +333,9 @@ impl RunRequest {
         }
         if self.oracle_malicious_precision.is_some() {
             cfg.label.oracle_malicious_precision = self.oracle_malicious_precision;
+        }
+        if let Some(k) = self.ensemble {
+            cfg.classifier.ensemble = k;
         }
         cfg.validate()?;
         Ok(cfg)
