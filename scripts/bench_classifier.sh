@@ -7,7 +7,7 @@
 #
 #   scripts/bench_classifier.sh [WORKDIR]        (default /tmp/longtail-bench-classifier)
 #   Environment:
-#     DATA=/work/shared/data/cmdlines   corpora (scripts/cmdline_splits.py reads them)
+#     DATA=../shared/data/cmdlines   corpora (scripts/cmdline_splits.py reads them)
 #     LINES=10000        labeled training lines sampled (seed 42) from the hard split's train set
 #     SCORE_LINES=20000  lines classified (the hard split's train + test lines, repeated if short)
 #     WGPU_CPU_LINES=200   lavapipe trains and classifies only this many lines (it is slow:
@@ -33,7 +33,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 WORK="${1:-/tmp/longtail-bench-classifier}"
-DATA="${DATA:-/work/shared/data/cmdlines}"
+DATA="${DATA:-$ROOT/../shared/data/cmdlines}"
 LINES="${LINES:-10000}"
 SCORE_LINES="${SCORE_LINES:-20000}"
 WGPU_CPU_LINES="${WGPU_CPU_LINES:-200}"
@@ -41,7 +41,7 @@ ONE_THREAD="${ONE_THREAD:-1}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 THREADS="${THREADS:-$(nproc)}"
 CONFIG="${CONFIG:-$ROOT/configs/classifier.toml}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 mkdir -p "$WORK"
 

@@ -39,7 +39,7 @@ THREADS="${THREADS:-$(nproc)}"
 CONFIG="${CONFIG:-$ROOT/configs/detector.toml}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-3600}"
 SEED=42
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 mkdir -p "$WORK"
 
 # --- dependencies -------------------------------------------------------------------------

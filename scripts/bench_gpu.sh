@@ -33,7 +33,7 @@ BATCH_TOKENS="${BATCH_TOKENS:-16384}"
 DEVICE="${DEVICE:-wgpu}"
 CORPUS="${CORPUS:-$ROOT/../shared/data/cmdlines}"
 SEED=42
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 mkdir -p "$WORK"
 say() { echo "[bench_gpu] $*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }

@@ -18,7 +18,7 @@ WORK="${2:-/tmp/longtail-bench-ingest}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 CORPUS="${CORPUS:-$ROOT/../shared/data/cmdlines}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 mkdir -p "$WORK"
 
 if [ ! -x /usr/bin/time ]; then

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import sys
+from pathlib import Path
 
 
 def gen(args):
@@ -146,7 +147,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
     g = sub.add_parser("gen")
-    g.add_argument("--corpus", default="/work/shared/data/cmdlines")
+    g.add_argument("--corpus", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/cmdlines"))
     g.add_argument("--lines", type=int, default=1_000_000)
     g.add_argument("--mutate", type=float, default=0.3, help="share of lines given 1-3 small edits")
     g.add_argument("--seed", type=int, default=42)

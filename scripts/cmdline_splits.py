@@ -24,7 +24,7 @@ A line present in a test file is removed from every training file (exact text), 
 labeled both ways is dropped. Group assignment is a hash of the group name, so the split is
 the same on every machine.
 
-Usage: python3 scripts/cmdline_splits.py hard|shipped --data /work/shared/data/cmdlines --out DIR
+Usage: python3 scripts/cmdline_splits.py hard|shipped --data ../shared/data/cmdlines --out DIR
 Writes DIR/train.jsonl, DIR/test.jsonl (and DIR/test_gpl.jsonl for shipped) with
 cmd, label, platform, source; prints the counts.
 """
@@ -133,7 +133,7 @@ def split(kind, data):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=["hard", "shipped"])
-    ap.add_argument("--data", default="/work/shared/data/cmdlines", type=Path)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/cmdlines"), type=Path)
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args()
     train, test, extra = split(args.kind, args.data)

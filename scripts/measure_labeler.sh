@@ -20,6 +20,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$here/.." && pwd)"
 root="$(dirname "$here")"
 model="${1:-}"
 shared="${2:-$root/../shared/data/cmdlines}"
@@ -33,7 +34,7 @@ seed="${SEED:-20261129}"
 mkdir -p "$dir"
 
 if [ -z "${LONGTAIL_BIN:-}" ]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/longtail-target}"
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
   (cd "$root" && cargo build --release --quiet)
   LONGTAIL_BIN="$CARGO_TARGET_DIR/release/longtail"
 fi

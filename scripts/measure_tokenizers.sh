@@ -6,8 +6,9 @@
 # Finished runs (threshold.json present) are reused, so a rerun only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
 WORK=${1:-/tmp/longtail-tokenizers}
-DATA=${DATA:-/work/shared/data/cmdlines}
+DATA=${DATA:-$ROOT/../shared/data/cmdlines}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/longtail}
 SEEDS=${SEEDS:-"1 2 3 4"}
 mkdir -p "$WORK/runs"

@@ -4,8 +4,9 @@
 # Called by scripts/train_shipped_model.sh. Usage: scripts/shipped_model_probes.sh MODEL_DIR WORK_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
 MODEL=$1 WORK=$2
-BIN=${CARGO_TARGET_DIR:-/root/.cache/longtail-target}/release/longtail
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/longtail
 cat > "$WORK/probes.txt" <<'LINES'
 vssadmin.exe delete shadows /all /quiet
 reg save HKLM\SAM C:\Windows\Temp\sam.save

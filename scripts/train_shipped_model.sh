@@ -8,14 +8,15 @@
 #   4. longtail export to models/cmdline-cnn, and the card completed with data, licenses,
 #      held-out metrics and this command
 # Usage: scripts/train_shipped_model.sh [WORK_DIR]   (default /tmp/longtail-shipped)
-# Takes ~5 min on 2 cores. DATA=/work/shared/data/cmdlines by default; OUT=models/cmdline-cnn.
+# Takes ~5 min on 2 cores. DATA=../shared/data/cmdlines by default; OUT=models/cmdline-cnn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
 WORK=${1:-/tmp/longtail-shipped}
-DATA=${DATA:-/work/shared/data/cmdlines}
+DATA=${DATA:-$ROOT/../shared/data/cmdlines}
 OUT=${OUT:-models/cmdline-cnn}
 SEED=${SEED:-1}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/root/.cache/longtail-target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release --quiet --bin longtail
 BIN=$CARGO_TARGET_DIR/release/longtail
 rm -rf "$WORK/run" "$WORK/eval" "$WORK/eval-gpl"
