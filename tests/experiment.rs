@@ -135,6 +135,57 @@ fn splits_keep_groups_apart_and_are_deterministic() {
     assert_eq!(max, cfg.stream_max_count);
 }
 
+/// A dev hard split takes whole held-out groups (scripts, techniques) away from the hard test:
+/// dev and test share no group, the other splits stay as they were, and without a dev share
+/// nothing changes at all.
+#[test]
+fn the_dev_hard_split_is_disjoint_from_the_hard_test_by_group() {
+    let cfg: DataConfig = demo_config().data;
+    let plain = datasets::build(&cfg).unwrap();
+    assert!(plain.lines.iter().all(|l| l.split != Split::HardDev));
+    let with_dev = datasets::build(&DataConfig {
+        hard_dev_fraction: 0.5,
+        ..cfg.clone()
+    })
+    .unwrap();
+    let mut moved = 0;
+    for (a, b) in plain.lines.iter().zip(&with_dev.lines) {
+        assert_eq!(a.cmd, b.cmd);
+        if a.split != b.split {
+            // Only hard-test lines move, and only to dev (leakage drops aside).
+            assert_eq!(
+                (a.split, b.split),
+                (Split::HardTest, Split::HardDev),
+                "{}",
+                a.cmd
+            );
+            moved += 1;
+        }
+    }
+    let in_split = |s: Split| with_dev.lines.iter().filter(move |l| l.split == s);
+    for label in [Label::Benign, Label::Malicious] {
+        assert!(
+            in_split(Split::HardDev).any(|l| l.label == Some(label)),
+            "dev has no {label}"
+        );
+        assert!(
+            in_split(Split::HardTest).any(|l| l.label == Some(label)),
+            "test has no {label}"
+        );
+    }
+    let groups = |s: Split| -> HashSet<&str> { in_split(s).map(|l| l.origin.as_str()).collect() };
+    assert!(groups(Split::HardDev).is_disjoint(&groups(Split::HardTest)));
+    let hard = plain
+        .lines
+        .iter()
+        .filter(|l| l.split == Split::HardTest)
+        .count();
+    assert!(
+        moved > hard / 5 && moved < hard * 4 / 5,
+        "{moved} of {hard} moved"
+    );
+}
+
 /// The demo config shrunk to seconds: a tiny detector and classifier, one seed.
 fn tiny_config(out: &Path) -> ExperimentConfig {
     let mut cfg = demo_config();

@@ -83,6 +83,12 @@ pub struct DataConfig {
     /// Share of tail groups (scripts) held out as the hard test's benign side; the rest is the
     /// stream's long tail.
     pub hard_tail_fraction: f64,
+    /// Share of the hard held-out groups (tail scripts, unseen techniques) that form the *dev*
+    /// hard split instead of the hard test: a split of the same kind, disjoint by group, on
+    /// which models, thresholds and configs are chosen so that the hard test is reported once.
+    /// 0 = no dev split.
+    #[serde(default)]
+    pub hard_dev_fraction: f64,
     /// Unique common lines in the stream's head, drawn from the baseline's benign lines.
     pub stream_common_lines: usize,
     /// Count of the most frequent stream line; the k-th most frequent gets max / k^zipf.
@@ -103,6 +109,7 @@ impl Default for DataConfig {
             unseen_attack_fraction: 0.3,
             hard_attack_fraction: 0.7,
             hard_tail_fraction: 0.5,
+            hard_dev_fraction: 0.0,
             stream_common_lines: 2000,
             stream_max_count: 10_000,
             stream_zipf_exponent: 1.0,
@@ -123,6 +130,7 @@ impl DataConfig {
             ("unseen_attack_fraction", self.unseen_attack_fraction),
             ("hard_attack_fraction", self.hard_attack_fraction),
             ("hard_tail_fraction", self.hard_tail_fraction),
+            ("hard_dev_fraction", self.hard_dev_fraction),
             ("stream_malicious_share", self.stream_malicious_share),
         ] {
             if !(0.0..=1.0).contains(&v) {
@@ -171,6 +179,8 @@ pub enum Split {
     BaselineTrain,
     EasyTest,
     HardTest,
+    /// The dev twin of the hard test (other groups): for choices, never for reporting.
+    HardDev,
     Stream,
     /// Left out: over a cap, or a test line near-identical to a training line.
     Unused,
@@ -219,6 +229,8 @@ pub const BASELINE: &str = "baseline.parquet";
 pub const STREAM: &str = "stream.parquet";
 pub const TRUTH: &str = "stream_truth.parquet";
 pub const HARD_TEST: &str = "test_hard.parquet";
+/// Written only when the config asks for a dev split (`hard_dev_fraction > 0`).
+pub const HARD_DEV: &str = "dev_hard.parquet";
 pub const EASY_TEST: &str = "test_easy.parquet";
 
 struct Raw {
@@ -363,6 +375,8 @@ struct Groups {
     coarse_root: Vec<usize>,
     u_fine: Vec<f64>,
     u_coarse: Vec<f64>,
+    /// A second, independent position of each coarse group: dev or test among held-out groups.
+    u_dev: Vec<f64>,
 }
 
 impl Groups {
@@ -408,11 +422,16 @@ impl Groups {
             .iter()
             .map(|&r| unit(cfg.seed ^ 0x9e37_79b9, &raws[r].cmd))
             .collect();
+        let u_dev = coarse_root
+            .iter()
+            .map(|&r| unit(cfg.seed ^ 0xde5_1ec7, &raws[r].cmd))
+            .collect();
         Ok(Groups {
             fine_root,
             coarse_root,
             u_fine,
             u_coarse,
+            u_dev,
         })
     }
 }
@@ -423,10 +442,16 @@ fn assign_splits(cfg: &DataConfig, raws: Vec<Raw>, g: &Groups) -> Vec<Line> {
         .enumerate()
         .map(|(i, r)| {
             let easy = g.u_fine[i] >= 1.0 - cfg.easy_test_fraction;
+            // Held-out groups split again, by coarse group: dev or test, never both.
+            let held_out = if g.u_dev[i] < cfg.hard_dev_fraction {
+                Split::HardDev
+            } else {
+                Split::HardTest
+            };
             let split = match r.role {
                 Role::Common if easy => Split::EasyTest,
                 Role::Common => Split::BaselineTrain,
-                Role::Tail if g.u_coarse[i] < cfg.hard_tail_fraction => Split::HardTest,
+                Role::Tail if g.u_coarse[i] < cfg.hard_tail_fraction => held_out,
                 Role::Tail => Split::Stream,
                 Role::Attack if g.u_coarse[i] >= cfg.unseen_attack_fraction => {
                     if easy {
@@ -437,7 +462,7 @@ fn assign_splits(cfg: &DataConfig, raws: Vec<Raw>, g: &Groups) -> Vec<Line> {
                 }
                 Role::Attack | Role::AttackUnseen => {
                     if g.u_fine[i] < cfg.hard_attack_fraction {
-                        Split::HardTest
+                        held_out
                     } else {
                         Split::Stream
                     }
@@ -516,7 +541,8 @@ fn drop_leaking_tests(lines: &mut [Line], fine_root: &[usize]) -> usize {
         .collect();
     let mut dropped = 0;
     for (i, l) in lines.iter_mut().enumerate() {
-        if matches!(l.split, Split::EasyTest | Split::HardTest) && trains_on.contains(&fine_root[i])
+        if matches!(l.split, Split::EasyTest | Split::HardTest | Split::HardDev)
+            && trains_on.contains(&fine_root[i])
         {
             l.split = Split::Unused;
             dropped += 1;
@@ -548,6 +574,7 @@ fn tally(lines: &[Line], summary: &mut DataSummary) {
             Split::BaselineTrain => put("baseline_train"),
             Split::EasyTest => put("easy_test"),
             Split::HardTest => put("hard_test"),
+            Split::HardDev => put("hard_dev"),
             Split::Unused => put("unused"),
             Split::Stream => {}
         }
@@ -607,6 +634,10 @@ impl Datasets {
         let stream: Vec<&Line> = self.lines.iter().filter(|l| l.count > 0).collect();
         write_table(&dir.join(BASELINE), &pick(Split::BaselineTrain), true)?;
         write_table(&dir.join(HARD_TEST), &pick(Split::HardTest), true)?;
+        let dev = pick(Split::HardDev);
+        if !dev.is_empty() {
+            write_table(&dir.join(HARD_DEV), &dev, true)?;
+        }
         write_table(&dir.join(EASY_TEST), &pick(Split::EasyTest), true)?;
         write_table(&dir.join(STREAM), &stream, false)?;
         write_table(&dir.join(TRUTH), &stream, true)?;

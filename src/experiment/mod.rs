@@ -361,6 +361,8 @@ pub struct ArmOutcome {
     pub labels: Option<LabelSummary>,
     pub hard_scores: Vec<f64>,
     pub easy_scores: Vec<f64>,
+    /// Scores on the dev hard split (empty without one).
+    pub dev_scores: Vec<f64>,
     /// The classifier's stored threshold (validation FPR target).
     pub threshold: f64,
     pub classifier_dir: PathBuf,
@@ -417,6 +419,14 @@ pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
         stream: Table::read(&data.dir.join(datasets::TRUTH))?,
         hard: Table::read(&data.dir.join(datasets::HARD_TEST))?,
         easy: Table::read(&data.dir.join(datasets::EASY_TEST))?,
+        dev: {
+            let path = data.dir.join(datasets::HARD_DEV);
+            if path.exists() {
+                Table::read(&path)?
+            } else {
+                Table::default()
+            }
+        },
     };
     let mut outcomes = Vec::new();
     let mut written = PathBuf::new();
@@ -430,6 +440,7 @@ pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
             &data,
             &tables.hard,
             &tables.easy,
+            &tables.dev,
             &outcomes,
         )?;
         tracing::info!(
@@ -913,6 +924,7 @@ impl Runner<'_> {
             let scores = TestScores {
                 hard: score(&tables.hard),
                 easy: score(&tables.easy),
+                dev: score(&tables.dev),
                 threshold: model.threshold.threshold,
             };
             table::write_atomic(
@@ -929,6 +941,7 @@ impl Runner<'_> {
             labels,
             hard_scores: scores.hard,
             easy_scores: scores.easy,
+            dev_scores: scores.dev,
             threshold: scores.threshold,
             classifier_dir: model_dir,
         })
@@ -998,6 +1011,8 @@ fn write_label_tables(
 struct TestScores {
     hard: Vec<f64>,
     easy: Vec<f64>,
+    #[serde(default)]
+    dev: Vec<f64>,
     threshold: f64,
 }
 
@@ -1006,6 +1021,8 @@ struct Tables {
     stream: Table,
     hard: Table,
     easy: Table,
+    /// The dev hard split; empty when the config has none.
+    dev: Table,
 }
 
 /// The stream's anomaly scores, aligned with the stream table.

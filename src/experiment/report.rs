@@ -60,6 +60,9 @@ pub struct RunResult {
     pub labels: Option<super::LabelSummary>,
     pub hard: TestMetrics,
     pub easy: TestMetrics,
+    /// On the dev hard split, when the data has one.
+    #[serde(default)]
+    pub dev: Option<TestMetrics>,
     pub classifier_dir: PathBuf,
 }
 
@@ -109,6 +112,11 @@ pub struct ArmSummary {
     pub tpr_at_fpr_1e3_easy: Spread,
     pub fpr_rare_benign_at_tpr_090: Spread,
     pub fpr_rare_benign_at_stored_threshold: Spread,
+    /// AUC on the dev hard split, and its gain paired with the baseline (when there is one).
+    #[serde(default)]
+    pub auc_dev: Option<Spread>,
+    #[serde(default)]
+    pub auc_dev_gain: Option<Spread>,
 }
 
 /// `report/results.json`.
@@ -131,6 +139,11 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
         .iter()
         .filter(|r| r.arm == Arm::Baseline)
         .map(|r| (r.seed, r.hard.roc_auc))
+        .collect();
+    let baseline_dev: BTreeMap<u64, f64> = runs
+        .iter()
+        .filter(|r| r.arm == Arm::Baseline)
+        .filter_map(|r| Some((r.seed, r.dev.as_ref()?.roc_auc)))
         .collect();
     keys.into_iter()
         .map(|(arm, labeler)| {
@@ -159,6 +172,16 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
                 fpr_rare_benign_at_stored_threshold: s(&|r| {
                     r.hard.fpr_at_stored_threshold.unwrap_or(f64::NAN)
                 }),
+                auc_dev: rs
+                    .iter()
+                    .all(|r| r.dev.is_some())
+                    .then(|| s(&|r| r.dev.as_ref().map_or(f64::NAN, |d| d.roc_auc))),
+                auc_dev_gain: rs.iter().all(|r| r.dev.is_some()).then(|| {
+                    s(&|r| {
+                        r.dev.as_ref().map_or(f64::NAN, |d| d.roc_auc)
+                            - baseline_dev.get(&r.seed).copied().unwrap_or(f64::NAN)
+                    })
+                }),
             }
         })
         .collect()
@@ -179,12 +202,14 @@ pub fn write(
     data: &DataOutputs,
     hard: &Table,
     easy: &Table,
+    dev: &Table,
     outcomes: &[ArmOutcome],
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::Error::runtime(format!("cannot create {}: {e}", dir.display())))?;
     let hard_labels = hard.malicious();
     let easy_labels = easy.malicious();
+    let dev_labels = dev.malicious();
     let mut runs = Vec::new();
     for o in outcomes {
         runs.push(RunResult {
@@ -194,6 +219,11 @@ pub fn write(
             labels: o.labels.clone(),
             hard: test_metrics(&o.hard_scores, &hard_labels, o.threshold)?,
             easy: test_metrics(&o.easy_scores, &easy_labels, o.threshold)?,
+            dev: if dev_labels.is_empty() || o.dev_scores.len() != dev_labels.len() {
+                None
+            } else {
+                Some(test_metrics(&o.dev_scores, &dev_labels, o.threshold)?)
+            },
             classifier_dir: o.classifier_dir.clone(),
         });
     }
@@ -327,6 +357,34 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
             a.fpr_rare_benign_at_tpr_090.show(3),
             a.fpr_rare_benign_at_stored_threshold.show(3),
         );
+    }
+    if r.arms.iter().any(|a| a.auc_dev.is_some()) {
+        let dev_lines = r.runs.iter().find_map(|x| x.dev.as_ref());
+        let _ = writeln!(
+            m,
+            "\n### Dev hard split (for choices, not for reporting)\n\n{} lines ({} malicious) of \
+             held-out groups other than the hard test's: models, thresholds and configs are \
+             chosen here, so the hard test above is reported once.\n",
+            dev_lines.map_or(0, |d| d.lines),
+            dev_lines.map_or(0, |d| d.malicious)
+        );
+        let _ = writeln!(m, "| arm | AUC dev | Δ AUC dev (paired) |");
+        let _ = writeln!(m, "|---|---|---|");
+        for a in &r.arms {
+            if let (Some(auc), Some(gain)) = (&a.auc_dev, &a.auc_dev_gain) {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} |",
+                    name_of(a.arm, a.labeler),
+                    auc.show(3),
+                    if a.arm == Arm::Baseline {
+                        String::new()
+                    } else {
+                        signed(gain)
+                    }
+                );
+            }
+        }
     }
     let any = r.runs.first();
     if let Some(x) = any {
