@@ -109,6 +109,9 @@ class Classifier:
         self.pad = self.vocab_size
         self.max_len = cfg["max_len"]
         self.widths = cfg["widths"]
+        self.pooling = cfg.get("pooling", "max")
+        if self.pooling not in ("max", "max_mean"):
+            raise SystemExit(f"{model_dir}: unknown pooling {self.pooling!r}")
         self.threshold = json.loads((model_dir / "threshold.json").read_text())["threshold"]
         k = bundle["config"].get("ensemble", 1)
         files = [model_dir / "model.safetensors"] if k <= 1 else [
@@ -127,7 +130,10 @@ class Classifier:
             (t[f"convs.{i}.weight"].astype(np.float64), t[f"convs.{i}.bias"].astype(np.float64))
             for i in range(len(self.widths))
         ]
-        return embed, convs, t["head.weight"].astype(np.float64), t["head.bias"].astype(np.float64)
+        hidden = None
+        if "hidden.weight" in t:  # a hidden ReLU layer between the pooled features and the logit
+            hidden = (t["hidden.weight"].astype(np.float64), t["hidden.bias"].astype(np.float64))
+        return embed, convs, hidden, t["head.weight"].astype(np.float64), t["head.bias"].astype(np.float64)
 
     def clip(self, data):
         if len(data) <= self.max_len:
@@ -141,7 +147,7 @@ class Classifier:
         return float(np.mean([self.member_logit(m, data) for m in self.members]))
 
     def member_logit(self, member, data) -> float:
-        embed, convs, head_w, head_b = member
+        embed, convs, hidden, head_w, head_b = member
         n = len(data)
         width = max(self.widths)
         tokens = list(data) + [self.pad] * max(0, width - n)  # lines shorter than a kernel see PAD
@@ -155,7 +161,11 @@ class Classifier:
                 out += x[j:j + windows] @ w[:, :, j].T
             out = np.maximum(out + b, 0.0)
             pooled.append(out.max(axis=0))
+            if self.pooling == "max_mean":
+                pooled.append(out.mean(axis=0))
         h = np.concatenate(pooled)
+        if hidden is not None:
+            h = np.maximum(h @ hidden[0] + hidden[1], 0.0)
         return float(h @ head_w[:, 0] + head_b[0])
 
     def score(self, line: str) -> float:

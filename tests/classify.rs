@@ -744,3 +744,60 @@ fn seed_ensemble_trains_scores_exports_and_the_python_loader_agrees() {
         "{stderr}"
     );
 }
+
+/// The optional architecture parts (max + mean pooling, a hidden layer) keep the contracts:
+/// a line's score does not depend on its batch, and the Python loader reproduces it.
+#[test]
+fn max_mean_pooling_and_a_hidden_layer_keep_batch_independence_and_python_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let train = subset(
+        dir.path(),
+        &[("nl2bash.jsonl", 400), ("atomic_red_team.jsonl", 150)],
+    );
+    std::fs::write(
+        d("tiny.toml"),
+        "[model]\nembed_dim = 8\nfilters = 8\nwidths = [2, 5]\nmax_len = 64\n\
+         pooling = \"max_mean\"\nhidden = 16\n[optim]\nepochs = 1\nlr = 0.01\n",
+    )
+    .unwrap();
+    longtail_ok(&[
+        "train-classifier",
+        "--train",
+        &train.display().to_string(),
+        "--config",
+        &d("tiny.toml"),
+        "--out",
+        &d("model"),
+    ]);
+    let clf = Classifier::load(&dir.path().join("model"), &globals()).unwrap();
+    let lines = [
+        "ls",
+        "tar -xzf archive.tar.gz -C /opt && ./configure --prefix=/usr/local && make -j4",
+        "powershell -nop -w hidden -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUA",
+        "id",
+    ];
+    let together = clf.score(&lines, 4096, |_| {});
+    for (i, line) in lines.iter().enumerate() {
+        let alone = clf.score(&[line], 4096, |_| {})[0];
+        assert!(
+            (alone - together[i]).abs() < 1e-5,
+            "{line}: {alone} vs {}",
+            together[i]
+        );
+    }
+    std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
+    longtail_ok(&[
+        "classify",
+        "--model",
+        &d("model"),
+        &d("lines.txt"),
+        "-o",
+        &d("scores.jsonl"),
+    ]);
+    python_loader_agrees(
+        &dir.path().join("model"),
+        &dir.path().join("scores.jsonl"),
+        4,
+    );
+}

@@ -1,5 +1,6 @@
 //! The CNN command-line classifier: token embedding -> parallel Conv1d of several widths ->
-//! ReLU -> max-pool over the real (unpadded) positions -> dropout -> one logit.
+//! ReLU -> max-pool (optionally also mean-pool) over the real (unpadded) positions -> dropout
+//! -> optionally a hidden ReLU layer -> one logit.
 //!
 //! A line's score does not depend on what else is in its batch: a window of width `k` counts
 //! only when it starts at a position `t < max(len - k + 1, 1)`, so padding never reaches the
@@ -35,6 +36,32 @@ pub struct CnnConfig {
     /// Tokens seen per line; a longer line keeps its first and last `max_len / 2` tokens
     /// (the payload of an attack is often at the end).
     pub max_len: usize,
+    /// How each filter's outputs over the line become one feature: `max` (does the pattern
+    /// occur anywhere), or `max_mean` (also how much of the line it covers: long scripts and
+    /// one-line payloads differ there).
+    pub pooling: Pooling,
+    /// Units of a hidden ReLU layer between the pooled features and the logit (0 = none: the
+    /// logit is linear in the features).
+    pub hidden: usize,
+}
+
+/// Pooling over a line's positions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    #[default]
+    Max,
+    MaxMean,
+}
+
+impl Pooling {
+    /// Features per filter.
+    pub fn features(self) -> usize {
+        match self {
+            Pooling::Max => 1,
+            Pooling::MaxMean => 2,
+        }
+    }
 }
 
 impl Default for CnnConfig {
@@ -47,6 +74,8 @@ impl Default for CnnConfig {
             widths: vec![2, 3, 4, 5],
             dropout: 0.2,
             max_len: 256,
+            pooling: Pooling::Max,
+            hidden: 0,
         }
     }
 }
@@ -84,6 +113,11 @@ impl CnnConfig {
         self.vocab() as i64
     }
 
+    /// Pooled features feeding the head (or the hidden layer).
+    pub fn features(&self) -> usize {
+        self.filters * self.widths.len() * self.pooling.features()
+    }
+
     pub fn max_width(&self) -> usize {
         self.widths.iter().copied().max().unwrap_or(1)
     }
@@ -102,7 +136,18 @@ impl CnnConfig {
                 .map(|&k| Conv1dConfig::new(self.embed_dim, self.filters, k).init(device))
                 .collect(),
             dropout: DropoutConfig::new(self.dropout).init(),
-            head: LinearConfig::new(self.filters * self.widths.len(), 1).init(device),
+            hidden: (self.hidden > 0)
+                .then(|| LinearConfig::new(self.features(), self.hidden).init(device)),
+            head: LinearConfig::new(
+                if self.hidden > 0 {
+                    self.hidden
+                } else {
+                    self.features()
+                },
+                1,
+            )
+            .init(device),
+            pooling: self.pooling as usize,
         }
     }
 
@@ -131,7 +176,11 @@ pub struct CnnClassifier {
     embed: Embedding,
     convs: Vec<Conv1d>,
     dropout: Dropout,
+    /// `None` without a hidden layer: the weights then have the names of earlier versions.
+    hidden: Option<Linear>,
     head: Linear,
+    /// [`Pooling`] as a number (a module field must be a module or a constant).
+    pooling: usize,
 }
 
 impl CnnClassifier {
@@ -160,10 +209,22 @@ impl CnnClassifier {
                 // padding leaves the maximum over the real windows unchanged.
                 let keep = positions.lower(limit).float().reshape([batch, 1, out_len]);
                 let [_, filters, _] = y.dims();
-                (y * keep).max_dim(2).reshape([batch, filters])
+                let kept = y * keep.clone();
+                let max = kept.clone().max_dim(2).reshape([batch, filters]);
+                if self.pooling == Pooling::MaxMean as usize {
+                    // The mean over the real windows only: their count is the kept mask's sum.
+                    let windows = keep.sum_dim(2).reshape([batch, 1]);
+                    let mean = kept.sum_dim(2).reshape([batch, filters]) / windows;
+                    Tensor::cat(vec![max, mean], 1)
+                } else {
+                    max
+                }
             })
             .collect();
-        let h = self.dropout.forward(Tensor::cat(pooled, 1));
+        let mut h = self.dropout.forward(Tensor::cat(pooled, 1));
+        if let Some(hidden) = &self.hidden {
+            h = self.dropout.forward(relu(hidden.forward(h)));
+        }
         self.head.forward(h).reshape([batch])
     }
 }
