@@ -50,6 +50,16 @@ pub enum Arm {
     Random,
     /// + every stream line labeled by the oracle (an upper bound; costs |stream| labels).
     OracleAll,
+    /// + the stream lines the *baseline classifier* scores most malicious: its would-be false
+    /// positives, one per near-duplicate cluster (no detector needed).
+    FpRisk,
+    /// + the top of the product of the combined anomaly rank and the baseline classifier's
+    /// rank: anomalous lines the classifier would also flag.
+    AnomalyFp,
+    /// + one line from each of as many coarse clusters (Jaccard 0.5) of the stream as the
+    /// budget allows, the most anomalous of each, clusters in order of that score: coverage
+    /// of the tail instead of the top of one score.
+    Diversity,
 }
 
 crate::vocab::named_enum!(Arm {
@@ -59,6 +69,9 @@ crate::vocab::named_enum!(Arm {
     Combined => "combined",
     Random => "random",
     OracleAll => "oracle_all",
+    FpRisk => "fp_risk",
+    AnomalyFp => "anomaly_fp",
+    Diversity => "diversity",
 });
 
 impl Arm {
@@ -71,16 +84,25 @@ impl Arm {
             Arm::Combined => "+ combined anomalies",
             Arm::Random => "+ random lines (control)",
             Arm::OracleAll => "+ whole stream (upper bound)",
+            Arm::FpRisk => "+ baseline's would-be false positives",
+            Arm::AnomalyFp => "+ anomalous and flagged (rank product)",
+            Arm::Diversity => "+ anomalies across tail clusters",
         }
     }
 
+    /// The anomaly score the arm selects with, if any.
     fn detector(self) -> Option<DetectorKind> {
         match self {
             Arm::Autoencoder => Some(DetectorKind::Autoencoder),
             Arm::Iforest => Some(DetectorKind::Iforest),
-            Arm::Combined => Some(DetectorKind::Combined),
+            Arm::Combined | Arm::AnomalyFp | Arm::Diversity => Some(DetectorKind::Combined),
             _ => None,
         }
+    }
+
+    /// Whether the arm selects with the baseline classifier's scores of the stream.
+    fn uses_baseline_scores(self) -> bool {
+        matches!(self, Arm::FpRisk | Arm::AnomalyFp)
     }
 }
 
@@ -535,14 +557,36 @@ impl Runner<'_> {
         } else {
             None
         };
+        // The baseline classifier's view of the stream, for the arms that select with it
+        // (scoring a stream takes seconds: not a stage of its own).
+        let baseline_scores = if arms.iter().any(|a| a.uses_baseline_scores()) {
+            let model = Classifier::load(&baseline_dir.join("classifier"), &globals)?;
+            let lines: Vec<&str> = stream.cmd.iter().map(String::as_str).collect();
+            Some(BaselineScores {
+                key: baseline_key.clone(),
+                scores: model.score(&lines, cfg.classifier.training.batch_tokens, |_| {}),
+            })
+        } else {
+            None
+        };
         for &labeler in &cfg.label.labelers {
             for &arm in &arms {
                 if arm == Arm::OracleAll && labeler != LabelerKind::Oracle {
                     continue; // labeling the whole stream is the oracle's upper bound only
                 }
                 let arm_dir = seed_dir.join(labeler.as_str()).join(arm.as_str());
-                let (augment, labels, label_key) =
-                    self.label_stage(&arm_dir, arm, labeler, seed, data, stream, scores.as_ref())?;
+                let (augment, labels, label_key) = self.label_stage(
+                    &arm_dir,
+                    arm,
+                    labeler,
+                    seed,
+                    data,
+                    stream,
+                    Selectors {
+                        anomaly: scores.as_ref(),
+                        baseline: baseline_scores.as_ref(),
+                    },
+                )?;
                 let key = key_of(&(
                     "classifier/1",
                     &data.key,
@@ -578,14 +622,13 @@ impl Runner<'_> {
         globals: &Globals,
     ) -> Result<StreamScores> {
         let cfg = self.cfg;
-        let need_ae = cfg
-            .arms
+        let kinds: Vec<DetectorKind> = cfg.arms.iter().filter_map(|a| a.detector()).collect();
+        let need_ae = kinds
             .iter()
-            .any(|a| matches!(a, Arm::Autoencoder | Arm::Combined));
-        let need_if = cfg
-            .arms
+            .any(|k| matches!(k, DetectorKind::Autoencoder | DetectorKind::Combined));
+        let need_if = kinds
             .iter()
-            .any(|a| matches!(a, Arm::Iforest | Arm::Combined));
+            .any(|k| matches!(k, DetectorKind::Iforest | DetectorKind::Combined));
         let key = key_of(&(
             "detector/1",
             &data.key,
@@ -658,7 +701,7 @@ impl Runner<'_> {
         seed: u64,
         data: &DataOutputs,
         stream: &Table,
-        scores: Option<&StreamScores>,
+        by: Selectors,
     ) -> Result<(PathBuf, LabelSummary, String)> {
         let cfg = self.cfg;
         let labeler_cfg = match labeler_kind {
@@ -668,14 +711,22 @@ impl Runner<'_> {
             )),
             LabelerKind::Llm => key_of(&cfg.label.llm),
         };
-        let selection_key = match arm.detector() {
-            Some(kind) => key_of(&(
+        let selection_key = match (arm.detector(), arm.uses_baseline_scores()) {
+            (Some(kind), false) if !matches!(arm, Arm::Diversity) => key_of(&(
                 kind,
-                scores.map(|s| &s.key),
+                by.anomaly.map(|s| &s.key),
                 cfg.select.budget,
                 cfg.select.near_dup_threshold,
             )),
-            None => key_of(&(arm, cfg.select.budget, cfg.select.near_dup_threshold)),
+            (None, false) => key_of(&(arm, cfg.select.budget, cfg.select.near_dup_threshold)),
+            (kind, _) => key_of(&(
+                arm,
+                kind.and(by.anomaly.map(|s| &s.key)),
+                arm.uses_baseline_scores()
+                    .then(|| by.baseline.map(|b| &b.key)),
+                cfg.select.budget,
+                cfg.select.near_dup_threshold,
+            )),
         };
         let key = key_of(&(
             "label/2",
@@ -706,7 +757,7 @@ impl Runner<'_> {
             })?;
             return Ok((augment, summary, key));
         }
-        let selection = self.select(arm, seed, stream, scores)?;
+        let selection = self.select(arm, seed, stream, by)?;
         let cmds: Vec<String> = selection
             .iter()
             .map(|&(i, _)| stream.cmd[i].clone())
@@ -753,10 +804,23 @@ impl Runner<'_> {
         arm: Arm,
         seed: u64,
         stream: &Table,
-        scores: Option<&StreamScores>,
+        by: Selectors,
     ) -> Result<Vec<(usize, f64)>> {
         let cfg = self.cfg;
         let n = stream.cmd.len();
+        let anomaly = || -> Result<Vec<f64>> {
+            let kind = arm.detector().expect("an arm with a detector");
+            Ok(by
+                .anomaly
+                .ok_or_else(|| Error::runtime("anomaly arm without detector scores"))?
+                .of(kind))
+        };
+        let baseline = || -> Result<&[f64]> {
+            Ok(&by
+                .baseline
+                .ok_or_else(|| Error::runtime("classifier arm without the baseline's scores"))?
+                .scores)
+        };
         let score = match arm {
             Arm::OracleAll => return Ok((0..n).map(|i| (i, 0.0)).collect()),
             Arm::Random => {
@@ -764,12 +828,17 @@ impl Runner<'_> {
                 (0..n).map(|_| rng.random::<f64>()).collect()
             }
             Arm::Baseline => return Err(Error::runtime("the baseline arm selects nothing")),
-            _ => {
-                let kind = arm.detector().expect("anomaly arm");
-                scores
-                    .ok_or_else(|| Error::runtime("anomaly arm without detector scores"))?
-                    .of(kind)
+            Arm::FpRisk => baseline()?.to_vec(),
+            // Both ranks in (0, 1]: the product is high only where both are.
+            Arm::AnomalyFp => crate::data::normalized_ranks(&anomaly()?)
+                .into_iter()
+                .zip(crate::data::normalized_ranks(baseline()?))
+                .map(|(a, b)| a * b)
+                .collect(),
+            Arm::Diversity => {
+                return diverse_top(&stream.cmd, &anomaly()?, cfg.select.budget, seed);
             }
+            Arm::Autoencoder | Arm::Iforest | Arm::Combined => anomaly()?,
         };
         Ok(crate::select::select_top(
             &stream.cmd,
@@ -1025,6 +1094,56 @@ struct Tables {
     dev: Table,
 }
 
+/// What the arms select with: the detectors' scores of the stream and the baseline
+/// classifier's, each when some arm needs it.
+#[derive(Clone, Copy)]
+struct Selectors<'a> {
+    anomaly: Option<&'a StreamScores>,
+    baseline: Option<&'a BaselineScores>,
+}
+
+/// The baseline classifier's scores of the stream (probability of malicious).
+struct BaselineScores {
+    /// The baseline classifier stage's key, which names these scores in downstream keys.
+    key: String,
+    scores: Vec<f64>,
+}
+
+/// Coverage instead of the top of one score: the stream's lines grouped into coarse clusters
+/// (estimated Jaccard >= 0.5), the highest-scoring line of each cluster, clusters taken in
+/// order of that score until `budget` lines.
+fn diverse_top(
+    cmds: &[String],
+    score: &[f64],
+    budget: usize,
+    seed: u64,
+) -> Result<Vec<(usize, f64)>> {
+    let texts: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let clusters = crate::data::near_duplicate_clusters(
+        &texts,
+        &crate::data::MinHashConfig {
+            threshold: 0.5,
+            seed,
+            progress: false,
+            ..Default::default()
+        },
+    )?;
+    let mut best: HashMap<u32, usize> = HashMap::new();
+    for (i, &c) in clusters.iter().enumerate() {
+        if !score[i].is_finite() {
+            continue;
+        }
+        let e = best.entry(c).or_insert(i);
+        if score[i] > score[*e] {
+            *e = i;
+        }
+    }
+    let mut picks: Vec<usize> = best.into_values().collect();
+    picks.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+    picks.truncate(budget);
+    Ok(picks.into_iter().map(|i| (i, score[i])).collect())
+}
+
 /// The stream's anomaly scores, aligned with the stream table.
 pub struct StreamScores {
     key: String,
@@ -1076,5 +1195,38 @@ impl StreamScores {
                 self.iforest.as_deref().expect("trained"),
             ]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diversity_takes_the_best_line_of_each_cluster_in_score_order() {
+        let mut cmds = Vec::new();
+        let mut score = Vec::new();
+        // Two families of near-identical lines and two loners.
+        for i in 0..5 {
+            cmds.push(format!(
+                "choco install googlechrome --version 120.0.{i} -y --no-progress"
+            ));
+            score.push(0.9 - i as f64 * 0.01);
+        }
+        for i in 0..5 {
+            cmds.push(format!(
+                "docker run --rm -v /srv/data:/data alpine:3.{i} tar -czf /data/b.tgz /etc"
+            ));
+            score.push(0.5 + i as f64 * 0.01);
+        }
+        cmds.push("Get-ChildItem -Recurse C:\\Windows\\Temp | Remove-Item -Force".into());
+        score.push(0.7);
+        cmds.push("ls".into());
+        score.push(f64::NAN);
+        let picked = diverse_top(&cmds, &score, 10, 1).unwrap();
+        let idx: Vec<usize> = picked.iter().map(|p| p.0).collect();
+        // One line per family (its best), the loner between them; the NaN line never.
+        assert_eq!(idx, vec![0, 10, 9], "{picked:?}");
+        assert_eq!(diverse_top(&cmds, &score, 2, 1).unwrap().len(), 2);
     }
 }
