@@ -32,8 +32,11 @@ python3 scripts/cmdline_splits.py shipped --data "$DATA" --out "$WORK/split" | t
 "$BIN" --device flex export --model "$WORK/run" --out "$OUT" --name cmdline-cnn
 
 python3 - "$OUT/README.md" "$WORK" "$DATA" <<'PY'
+import os
 import json, sys
 card, work, data = sys.argv[1], sys.argv[2], sys.argv[3]
+# The card names the data relative to the repository, not this machine's folders.
+data = os.path.relpath(data, os.getcwd())
 
 def table(report, title):
     r = json.load(open(report))

@@ -28,13 +28,42 @@ pub fn export(model: &Path, out: &Path, name: Option<&str>) -> Result<()> {
     if classifier.tokens.kind() == super::tokens::TokenKind::Bpe {
         files.push(super::tokens::TOKENIZER_FILE.into());
     }
-    for file in &files {
+    for file in files.iter().filter(|f| *f != "config.json") {
         let from = model.join(file);
         let bytes = std::fs::read(&from).input_ctx(|| format!("cannot read {}", from.display()))?;
         write_atomic(&out.join(file), &bytes)?;
     }
+    // The exported config names its training files without the folders of the machine that
+    // trained it (temporary directories mean nothing to a downstream user).
+    let mut bundle = classifier.bundle.clone();
+    for f in bundle
+        .data
+        .train_files
+        .iter_mut()
+        .chain(bundle.data.augment_files.iter_mut())
+        .chain(bundle.init_from.iter_mut())
+    {
+        *f = portable_path(f);
+    }
+    super::write_bundle(out, &bundle)?;
+    let classifier = Classifier {
+        bundle,
+        ..classifier
+    };
     let card = model_card(&name, &classifier);
     write_atomic(&out.join("README.md"), card.as_bytes())
+}
+
+/// A path as a downstream reader can use it: relative paths as they are, absolute ones (a
+/// temporary or home directory of the training machine) by their file name.
+pub fn portable_path(path: &str) -> String {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.file_name()
+            .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
+    } else {
+        path.to_string()
+    }
 }
 
 /// A short model card: what the model is, what it was trained on, how it scored.
@@ -162,5 +191,22 @@ fn list(items: &[String]) -> String {
             .map(|i| format!("`{i}`"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::portable_path;
+
+    #[test]
+    fn exported_paths_lose_the_training_machine_s_folders() {
+        assert_eq!(
+            portable_path("/tmp/cls/run/split/train.jsonl"),
+            "train.jsonl"
+        );
+        assert_eq!(
+            portable_path("data/sample/nl2bash.jsonl"),
+            "data/sample/nl2bash.jsonl"
+        );
     }
 }
