@@ -204,3 +204,43 @@ mod tests {
         assert_eq!(Flag::join(&[]), None);
     }
 }
+
+/// How the labeler asks for a verdict (written in calibration files and outputs' configs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelProtocol {
+    /// One answer: explanation and a verdict token in the text, parsed strictly.
+    #[default]
+    Text,
+    /// The explanation, then the verdict asked as one constrained token whose probability
+    /// (from the logprobs) is the score `p_benign`.
+    Scored,
+    /// The verdict token alone, without an explanation: the cheap scored mode.
+    Direct,
+}
+
+named_enum!(LabelProtocol { Text => "text", Scored => "scored", Direct => "direct" });
+
+impl LabelProtocol {
+    /// Whether answers carry a score `p_benign` (the protocols with a verdict token turn).
+    pub fn is_scored(self) -> bool {
+        self != LabelProtocol::Text
+    }
+}
+
+/// Which OpenAI-compatible server answers: it decides the field that constrains the verdict
+/// token (`grammar` on llama-server, `structured_outputs` on vLLM, none on OpenAI, which
+/// rejects unknown fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerApi {
+    /// Ask `GET /v1/models` once (`owned_by`: `llamacpp`, `vllm`); anything else, and
+    /// api.openai.com, gets no constraint field.
+    #[default]
+    Auto,
+    Llama,
+    Vllm,
+    Openai,
+}
+
+named_enum!(ServerApi { Auto => "auto", Llama => "llama", Vllm => "vllm", Openai => "openai" });

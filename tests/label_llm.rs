@@ -1,12 +1,17 @@
 //! `longtail label` against a real model: llama.cpp's `llama-server` with SmolLM2-135M, started
 //! through `scripts/llm_server.sh` on a free loopback port. Checks the protocol, not the
 //! model's judgement (SmolLM2 labels poorly): every line gets a row, answers are kept as
-//! explanations, the injection line is flagged and kept out of augmentation, and a rerun is
-//! answered from the cache alone (the server is stopped before it).
+//! explanations, the injection line is flagged and kept out of augmentation, a rerun is
+//! answered from the cache alone (the server is stopped before it), and the scored verdict
+//! (`--protocol direct`, grammar-constrained) comes back with `p_benign` from the logprobs.
 //!
 //! Needs the files of `scripts/setup_llm.sh server smollm2` (in `$LONGTAIL_LLM_CACHE`, default
-//! `~/.cache/longtail/llm`); without them the test prints a skip line and passes, unless
-//! `LONGTAIL_REQUIRE_LLM=1`, which turns the skip into a failure.
+//! `~/.cache/longtail/llm`), so the test is `#[ignore]`d: a plain `cargo test` lists it as
+//! ignored instead of passing it in 0.00 s. Run it with
+//! `cargo test --release --test integration -- --include-ignored label_llm::`; it fails if the
+//! files are missing. `LONGTAIL_REQUIRE_LLM=1` makes the small non-ignored check
+//! `llm_files_present_when_required` fail when they are missing (for a machine that must have
+//! them; run it with `--include-ignored` there).
 
 use crate::util::column;
 use std::io::{Read, Write};
@@ -123,25 +128,42 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-#[test]
-fn labels_through_a_real_llama_server() {
+fn missing_text() -> Option<String> {
     let missing = missing_files();
-    if !missing.is_empty() {
-        let what = missing
+    (!missing.is_empty()).then(|| {
+        missing
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
-            .join(", ");
-        if std::env::var("LONGTAIL_REQUIRE_LLM").as_deref() == Ok("1") {
-            panic!(
-                "LONGTAIL_REQUIRE_LLM=1 but {what} missing: run scripts/setup_llm.sh server smollm2"
-            );
-        }
-        eprintln!(
-            "SKIPPED labels_through_a_real_llama_server: {what} missing \
-             (run scripts/setup_llm.sh server smollm2; LONGTAIL_REQUIRE_LLM=1 makes this fail)"
-        );
-        return;
+            .join(", ")
+    })
+}
+
+/// Visible in every run: says whether the real-model test could run, and fails with
+/// `LONGTAIL_REQUIRE_LLM=1` when it could not.
+#[test]
+fn llm_files_present_when_required() {
+    match missing_text() {
+        Some(what) if std::env::var("LONGTAIL_REQUIRE_LLM").as_deref() == Ok("1") => panic!(
+            "LONGTAIL_REQUIRE_LLM=1 but {what} missing: run scripts/setup_llm.sh server smollm2"
+        ),
+        Some(what) => eprintln!(
+            "NOTE: labels_through_a_real_llama_server cannot run: {what} missing (run \
+             scripts/setup_llm.sh server smollm2; LONGTAIL_REQUIRE_LLM=1 makes this a failure)"
+        ),
+        None => eprintln!(
+            "NOTE: the llama-server files are present; labels_through_a_real_llama_server is \
+             ignored by default: run it with -- --include-ignored label_llm::"
+        ),
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/setup_llm.sh server smollm2 (llama-server + SmolLM2); run with \
+            cargo test --release --test integration -- --include-ignored label_llm::"]
+fn labels_through_a_real_llama_server() {
+    if let Some(what) = missing_text() {
+        panic!("{what} missing: run scripts/setup_llm.sh server smollm2 first");
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -259,6 +281,71 @@ fn labels_through_a_real_llama_server() {
         .map(|i| Some(cmds[i].to_string()))
         .collect();
     assert_eq!(benign_cmds, expected);
+
+    // The scored verdict, direct protocol (one grammar-constrained token a line, cheap): a
+    // p_benign from llama-server's logprobs, and the verdict follows it.
+    let direct_out = dir.path().join("direct.parquet");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_longtail"));
+    for var in ["OPENAI_API_KEY", "LONGTAIL_LLM_URL", "LONGTAIL_LLM_MODEL"] {
+        c.env_remove(var);
+    }
+    let output = c
+        .args(["-q", "label"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&direct_out)
+        .args(["--base-url", &base_url, "--model", MODEL_NAME])
+        .args([
+            "--protocol",
+            "direct",
+            "--server",
+            "llama",
+            "--benign-threshold",
+            "0.9",
+        ])
+        .args(["--concurrency", "1", "--timeout", "300", "--retries", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "longtail label --protocol direct failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let p = longtail::io::table::numbers(
+        &longtail::io::table::read_parquet(&direct_out).unwrap()[0],
+        "p_benign",
+        &direct_out,
+    )
+    .unwrap();
+    let direct_verdicts = column(&direct_out, "verdict");
+    let direct_errors = column(&direct_out, "error");
+    eprintln!("direct protocol: p_benign {p:?}, verdicts {direct_verdicts:?}");
+    assert_eq!(p.len(), cmds.len());
+    assert!(
+        p.iter().any(|p| (0.0..=1.0).contains(p)),
+        "no line got a p_benign from the logprobs: {direct_errors:?}"
+    );
+    for ((p, v), e) in p.iter().zip(&direct_verdicts).zip(&direct_errors) {
+        // A model this small may put no probability on either label among its top tokens:
+        // then the line is unparsed (never benign), and says why.
+        if p.is_nan() {
+            assert_eq!(v.as_deref(), Some("unparsed"));
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("no benign/malicious token")),
+                "{e:?}"
+            );
+            continue;
+        }
+        let expected = if *p >= 0.9 {
+            "benign"
+        } else if *p < 0.5 {
+            "malicious"
+        } else {
+            "uncertain"
+        };
+        assert_eq!(v.as_deref(), Some(expected), "p_benign {p}");
+    }
 
     // Rerun with the server gone: every answer must come from the cache.
     drop(server);

@@ -1,13 +1,14 @@
 //! The labeling engine: unique commands, cache, bounded concurrency, budget, strict parsing,
-//! self-consistency and injection flags. Independent of the CLI so other stages (the
-//! experiment of issue 6) can call it directly.
+//! self-consistency, the benign threshold on scored verdicts and injection flags. Independent
+//! of the CLI so other stages (the experiment of issue 6) can call it directly.
 
 use super::cache::{AnswerCache, CacheKey};
 use super::injection::injection_reason;
-use super::verdict::{BENIGN_TOKEN, MALICIOUS_TOKEN, Verdict, parse_answer};
+use super::logprobs::word_label;
+use super::verdict::{BENIGN_TOKEN, MALICIOUS_TOKEN, Verdict, decide, parse_answer};
 use super::{Answer, AskError, Budget, Labeler, LabelerInfo};
 use crate::error::{Error, Result};
-use crate::vocab::Flag;
+use crate::vocab::{Flag, Label, LabelProtocol};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -35,6 +36,15 @@ pub struct LabelConfig {
     pub max_consecutive_failures: Option<usize>,
     /// Show a progress bar (hidden anyway with `-q`).
     pub progress: bool,
+    /// Scored verdicts: benign only if `p_benign` (averaged over the samples) is at least
+    /// this, in (0, 1); below it `uncertain` (or `malicious` under 0.5). 0.5 is the model's
+    /// own choice, without abstention; fit one with `longtail label --calibrate`.
+    #[serde(default = "default_threshold")]
+    pub benign_threshold: f64,
+}
+
+fn default_threshold() -> f64 {
+    0.5
 }
 
 impl Default for LabelConfig {
@@ -48,6 +58,7 @@ impl Default for LabelConfig {
             max_command_chars: 20_000,
             max_consecutive_failures: Some(10),
             progress: true,
+            benign_threshold: default_threshold(),
         }
     }
 }
@@ -77,6 +88,10 @@ pub struct LabelResult {
     pub flag_reason: Option<String>,
     /// How many of the samples came from the cache.
     pub cached: u32,
+    /// Scored protocols: P(benign) from the verdict token's logprobs, averaged over the
+    /// samples (or their share of benign answers when the server gave no logprobs).
+    #[serde(default)]
+    pub p_benign: Option<f64>,
 }
 
 impl LabelResult {
@@ -85,9 +100,12 @@ impl LabelResult {
         self.verdict == Verdict::Benign && self.flags.is_empty()
     }
 
-    /// Whether an analyst should look at it: malicious, unparsed, or flagged.
+    /// Whether an analyst should look at it: malicious, uncertain, unparsed, or flagged.
     pub fn needs_review(&self) -> bool {
-        matches!(self.verdict, Verdict::Malicious | Verdict::Unparsed) || !self.flags.is_empty()
+        matches!(
+            self.verdict,
+            Verdict::Malicious | Verdict::Uncertain | Verdict::Unparsed
+        ) || !self.flags.is_empty()
     }
 
     /// The `flag` cell of the outputs: the flags joined by commas, `None` for none.
@@ -115,6 +133,13 @@ pub async fn label_candidates(
     }
     if cfg.concurrency == 0 {
         return Err(Error::input("concurrency must be at least 1"));
+    }
+    let t = cfg.benign_threshold;
+    if !(t.is_finite() && t > 0.0 && t < 1.0) {
+        return Err(Error::input(format!(
+            "--benign-threshold must be in (0, 1) exclusive, got {t}: 0 would pass every line \
+             as benign and 1 none; 0.5 is the model's own choice"
+        )));
     }
     let info = labeler.info().clone();
     let (position, unique) = unique_commands(cmds);
@@ -168,7 +193,7 @@ pub async fn label_candidates(
                     .map(|o| o.clone().unwrap_or(Outcome::Skipped("not asked".into())))
                     .collect(),
             };
-            combine(unique[u], &outcomes, &info)
+            combine(unique[u], &outcomes, &info, cfg.benign_threshold)
         })
         .collect();
     Ok(cmds
@@ -388,9 +413,11 @@ pub fn label_candidates_blocking(
         .block_on(label_candidates(cmds, labeler, cfg))
 }
 
-/// A truncated answer asked under a smaller answer-length limit than now: ask again.
+/// A truncated answer asked under a smaller answer-length limit than now: ask again. (The
+/// `direct` protocol's one-token answer is always cut, by design.)
 fn stale_truncation(answer: &Answer, info: &LabelerInfo) -> bool {
-    answer.finish_reason.as_deref() == Some("length")
+    info.protocol != LabelProtocol::Direct
+        && answer.finish_reason.as_deref() == Some("length")
         && answer.max_answer_tokens.unwrap_or(0) < info.max_answer_tokens.unwrap_or(0)
 }
 
@@ -402,7 +429,46 @@ fn preview(cmd: &str) -> String {
     p
 }
 
-fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
+/// A scored answer's score (its `p_benign`, or its vote when the server gave no logprobs),
+/// the line shown after its explanation, and why there is no score.
+fn sample_score(answer: &Answer) -> (Option<f64>, String, Option<String>) {
+    let said = answer.verdict_text.as_deref().unwrap_or_default();
+    match (answer.p_benign, answer.label_mass) {
+        (Some(p), mass) => (
+            Some(p),
+            format!(
+                "[verdict turn: {said:?}, p_benign {p:.4}{}]",
+                mass.map_or(String::new(), |m| format!(", label mass {m:.3}"))
+            ),
+            None,
+        ),
+        (None, Some(_)) => (
+            None,
+            format!("[verdict turn: {said:?}, no label among the top logprobs]"),
+            Some(format!(
+                "no benign/malicious token among the verdict token's top logprobs (it \
+                 answered {said:?})"
+            )),
+        ),
+        (None, None) => match word_label(said) {
+            Some(label) => (
+                Some(if label == Label::Benign { 1.0 } else { 0.0 }),
+                format!("[verdict turn: {said:?}, no logprobs: counted as a vote]"),
+                None,
+            ),
+            None => (
+                None,
+                format!("[verdict turn: {said:?}, no logprobs]"),
+                Some(format!(
+                    "the verdict turn answered {said:?}, neither benign nor malicious, and \
+                     the server gave no logprobs"
+                )),
+            ),
+        },
+    }
+}
+
+fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo, threshold: f64) -> LabelResult {
     let many = outcomes.len() > 1;
     let tag = |i: usize, msg: &str| {
         if many {
@@ -424,9 +490,12 @@ fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
         flags: Vec::new(),
         flag_reason: None,
         cached: 0,
+        p_benign: None,
     };
     let mut texts = Vec::new();
     let mut verdicts = Vec::new();
+    // Scored answers: one score per sample (`None`: that sample has none).
+    let mut scores: Vec<Option<f64>> = Vec::new();
     let mut failures = Vec::new();
     let mut skips = Vec::new();
     let mut notes = Vec::new();
@@ -437,6 +506,34 @@ fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
                 result.tokens += answer.tokens;
                 result.attempts += answer.attempts;
                 result.cached += u32::from(*cached);
+                if answer.is_scored() {
+                    let (score, shown, why) = sample_score(answer);
+                    if let Some(why) = why {
+                        notes.push(tag(i, &why));
+                    }
+                    if answer.finish_reason.as_deref() == Some("length")
+                        && info.protocol != LabelProtocol::Direct
+                    {
+                        notes.push(tag(
+                            i,
+                            "explanation cut at the answer-token limit (finish_reason=length); \
+                             the verdict was asked after it anyway",
+                        ));
+                    }
+                    let text = answer.text.trim_end();
+                    let shown = if text.is_empty() {
+                        shown
+                    } else {
+                        format!("{text}\n\n{shown}")
+                    };
+                    texts.push(if many {
+                        format!("--- sample {} ---\n{shown}", i + 1)
+                    } else {
+                        shown
+                    });
+                    scores.push(score);
+                    continue;
+                }
                 let parsed = parse_answer(&answer.text);
                 let verdict = if answer.finish_reason.as_deref() == Some("length") {
                     notes.push(tag(
@@ -486,6 +583,16 @@ fn combine(cmd: &str, outcomes: &[Outcome], info: &LabelerInfo) -> LabelResult {
     } else if !skips.is_empty() {
         notes = skips.into_iter().chain(notes).collect();
         Verdict::Skipped
+    } else if !scores.is_empty() {
+        // The threshold decides; disagreeing samples already pull the mean down.
+        match scores.iter().copied().collect::<Option<Vec<f64>>>() {
+            Some(all) => {
+                let p = all.iter().sum::<f64>() / all.len() as f64;
+                result.p_benign = Some(p);
+                decide(p, threshold)
+            }
+            None => Verdict::Unparsed,
+        }
     } else if verdicts.iter().all(|v| *v == Verdict::Benign) {
         Verdict::Benign
     } else if verdicts.contains(&Verdict::Malicious) {

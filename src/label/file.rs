@@ -8,8 +8,10 @@ use super::prompt::Prompt;
 use super::{Labeler, Verdict};
 use crate::error::{Context, Error, Result};
 use crate::io::table;
-use crate::vocab::Label;
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use crate::vocab::{Label, LabelProtocol, ServerApi};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Columns this stage adds; input columns of the same names are replaced.
-pub const OUTPUT_COLUMNS: [&str; 10] = [
+pub const OUTPUT_COLUMNS: [&str; 11] = [
     "verdict",
+    "p_benign",
     "explanation",
     "model",
     "prompt_version",
@@ -66,8 +69,15 @@ pub struct LabelerSpec {
     /// Required for the LLM (llama-server accepts any name).
     pub model: Option<String>,
     pub api_key: Option<ApiKey>,
-    /// Prompt template file; `None`: the built-in default prompt.
+    /// A built-in prompt name (`v1`, `v2`, `v3`) or a prompt template file; `None`: the
+    /// built-in default prompt.
     pub prompt: Option<PathBuf>,
+    /// How the verdict is asked (`text`, `scored`, `direct`).
+    pub protocol: LabelProtocol,
+    /// The server, for the verdict token's constraint field.
+    pub server: ServerApi,
+    /// Top candidates asked per position of the verdict token.
+    pub top_logprobs: u32,
     /// Self-consistency samples (the temperature defaults to 0.7 with several, else 0).
     pub samples: u32,
     pub temperature: Option<f32>,
@@ -95,6 +105,13 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
 /// Build the labeler `spec` describes; `seed` drives the oracle's noise and the LLM's sampling.
 pub fn build_labeler(spec: &LabelerSpec, seed: u64) -> Result<Box<dyn Labeler>> {
     if let LabelerChoice::Oracle(path) = &spec.choice {
+        if spec.protocol != LabelProtocol::Text {
+            return Err(Error::input(format!(
+                "--protocol {} needs an LLM: the oracle answers with known labels, which have \
+                 no score",
+                spec.protocol
+            )));
+        }
         return Ok(Box::new(OracleLabeler::load(&OracleConfig {
             path: path.clone(),
             benign_precision: spec.oracle_benign_precision,
@@ -122,9 +139,12 @@ pub fn build_labeler(spec: &LabelerSpec, seed: u64) -> Result<Box<dyn Labeler>> 
     let mut cfg = LlmConfig::new(&spec.base_url, model);
     cfg.api_key = spec.api_key.clone();
     cfg.prompt = match &spec.prompt {
-        Some(path) => Prompt::from_file(path)?,
+        Some(spec) => Prompt::load(spec)?,
         None => Prompt::default_prompt(),
     };
+    cfg.protocol = spec.protocol;
+    cfg.server = spec.server;
+    cfg.top_logprobs = spec.top_logprobs;
     cfg.timeout = seconds("--timeout", spec.timeout_s)?;
     cfg.retries = spec.retries;
     cfg.backoff_base = Duration::from_millis(spec.backoff_ms);
@@ -171,6 +191,9 @@ pub struct LabelFileRequest {
 #[derive(Clone, Debug)]
 pub struct LabelFileOutcome {
     pub results: Vec<LabelResult>,
+    /// The input's `label` column per row (empty without one): for the summary and
+    /// calibration.
+    pub truth: Vec<Option<Label>>,
     pub augment: PathBuf,
     pub review: PathBuf,
     pub cache: Option<PathBuf>,
@@ -286,9 +309,18 @@ pub fn label_file(req: &LabelFileRequest, labeler: &dyn Labeler) -> Result<Label
     table::write_parquet(&req.out, &batch)?;
     table::write_parquet(&augment_path, &augment)?;
     table::write_parquet(&review_path, &review)?;
-    let summary = summary(&results, &input, &req.input);
+    let truth: Vec<Option<Label>> = if table::has_column(&input, "label") {
+        table::strings(&input, "label", &req.input)?
+            .iter()
+            .map(|l| Label::parse_opt(l.as_deref()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let summary = summary(&results, &truth);
     Ok(LabelFileOutcome {
         results,
+        truth,
         augment: augment_path,
         review: review_path,
         cache,
@@ -333,6 +365,12 @@ pub fn output_batch(input: &RecordBatch, results: &[LabelResult]) -> Result<Reco
             DataType::Utf8,
             false,
             text(&|r| Some(r.verdict.as_str())),
+        ),
+        (
+            "p_benign",
+            DataType::Float64,
+            true,
+            Arc::new(results.iter().map(|r| r.p_benign).collect::<Float64Array>()),
         ),
         (
             "explanation",
@@ -402,7 +440,7 @@ pub fn output_batch(input: &RecordBatch, results: &[LabelResult]) -> Result<Reco
         .runtime_ctx(|| "assembling the output table")
 }
 
-fn summary(results: &[LabelResult], input: &RecordBatch, input_path: &Path) -> String {
+fn summary(results: &[LabelResult], truth: &[Option<Label>]) -> String {
     let mut out = String::new();
     let mut by_verdict: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_flag: BTreeMap<&str, usize> = BTreeMap::new();
@@ -428,16 +466,13 @@ fn summary(results: &[LabelResult], input: &RecordBatch, input_path: &Path) -> S
         let _ = writeln!(out, "flagged: {}", list(&by_flag));
     }
     // With ground truth in the input (a `label` column), measure the labeler.
-    if !table::has_column(input, "label") {
+    if truth.is_empty() {
         return out;
     }
-    let Ok(labels) = table::strings(input, "label", input_path) else {
-        return out;
-    };
     let mut counts: BTreeMap<(Verdict, Label), usize> = BTreeMap::new();
-    for (r, l) in results.iter().zip(&labels) {
-        if let Some(truth) = l.as_deref().and_then(Label::parse) {
-            *counts.entry((r.verdict, truth)).or_default() += 1;
+    for (r, l) in results.iter().zip(truth) {
+        if let Some(t) = l {
+            *counts.entry((r.verdict, *t)).or_default() += 1;
         }
     }
     let get = |v, t| counts.get(&(v, t)).copied().unwrap_or(0);
@@ -450,28 +485,29 @@ fn summary(results: &[LabelResult], input: &RecordBatch, input_path: &Path) -> S
     };
     let (aug_good, aug_all) = results
         .iter()
-        .zip(&labels)
+        .zip(truth)
         .filter(|(r, _)| r.feeds_augmentation())
-        .fold((0, 0), |(good, all), (_, l)| {
-            match l.as_deref().and_then(Label::parse) {
-                Some(Label::Benign) => (good + 1, all + 1),
-                Some(Label::Malicious) => (good, all + 1),
-                None => (good, all),
-            }
+        .fold((0, 0), |(good, all), (_, l)| match l {
+            Some(Label::Benign) => (good + 1, all + 1),
+            Some(Label::Malicious) => (good, all + 1),
+            None => (good, all),
         });
     let b = |v| get(v, Label::Benign);
     let m = |v| get(v, Label::Malicious);
     let _ = writeln!(
         out,
         "against the input's `label` column: benign-verdict precision {}, malicious-verdict \
-         precision {}, augmentation precision {}; unparsed on known labels: {}",
+         precision {}, augmentation precision {}; unparsed on known labels: {}; uncertain: {} \
+         benign, {} malicious",
         ratio(b(Verdict::Benign), b(Verdict::Benign) + m(Verdict::Benign)),
         ratio(
             m(Verdict::Malicious),
             b(Verdict::Malicious) + m(Verdict::Malicious)
         ),
         ratio(aug_good, aug_all),
-        b(Verdict::Unparsed) + m(Verdict::Unparsed)
+        b(Verdict::Unparsed) + m(Verdict::Unparsed),
+        b(Verdict::Uncertain),
+        m(Verdict::Uncertain)
     );
     out
 }

@@ -9,17 +9,27 @@
 //!   from other stages without the CLI.
 //! - [`label_file`]: a Parquet file of candidates in, three Parquet files out (what
 //!   `longtail label` runs), with the labeler a [`LabelerSpec`] describes.
+//! - Scored verdicts (protocols `scored` and `direct`): the verdict asked as one constrained
+//!   token whose logprobs give `p_benign` ([`read_logprobs`]); benign only at or above a
+//!   threshold, else `uncertain` or `malicious`; the threshold fitted on a labeled sample by
+//!   [`calibrate`] (fixed-sequence testing on Clopper-Pearson bounds).
 
 mod cache;
+mod calibrate;
 mod engine;
 mod file;
 mod injection;
 mod llm;
+mod logprobs;
 mod oracle;
 mod prompt;
 mod verdict;
 
 pub use cache::{AnswerCache, CacheKey, CacheLoad};
+pub use calibrate::{
+    CALIBRATION_FORMAT, Calibration, CalibrationRequest, CalibrationScope, ThresholdRow, calibrate,
+    clopper_pearson, require_label_column,
+};
 pub use engine::{LabelConfig, LabelResult, label_candidates, label_candidates_blocking};
 pub use file::{
     CachePlace, LabelFileOutcome, LabelFileRequest, LabelerChoice, LabelerSpec, OUTPUT_COLUMNS,
@@ -27,10 +37,15 @@ pub use file::{
 };
 pub use injection::injection_reason;
 pub use llm::{ApiKey, LlmConfig, LlmLabeler};
+pub use logprobs::{LogprobReading, read_logprobs, token_label, word_label};
 pub use oracle::{OracleConfig, OracleLabeler};
-pub use prompt::{DEFAULT_PROMPT, DEFAULT_PROMPT_VERSION, Prompt, RenderedPrompt};
-pub use verdict::{BENIGN_TOKEN, MALICIOUS_TOKEN, ParsedAnswer, Verdict, parse_answer};
+pub use prompt::{
+    BUILTIN_PROMPTS, DEFAULT_PROMPT, DEFAULT_PROMPT_VERSION, DIRECT_QUESTION, Prompt,
+    RenderedPrompt, VERDICT_QUESTION,
+};
+pub use verdict::{BENIGN_TOKEN, MALICIOUS_TOKEN, ParsedAnswer, Verdict, decide, parse_answer};
 
+use crate::vocab::LabelProtocol;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -39,10 +54,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A boxed future, so [`Labeler`] stays usable as `&dyn Labeler`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One answer from a labeler, as received (and as cached).
+/// One answer from a labeler, as received (and as cached). The fields of the scored
+/// protocols are left out of the cache line when empty, so text-protocol lines are written as
+/// before and lines written before them load unchanged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
-    /// The model's full text: explanation and verdict token.
+    /// The model's full text: explanation and verdict token (protocol `scored`: the
+    /// explanation; `direct`: empty).
     pub text: String,
     /// `stop`, `length` (truncated), ... as the server said; `None` if it did not say.
     pub finish_reason: Option<String>,
@@ -56,6 +74,39 @@ pub struct Answer {
     /// limit has been raised since).
     #[serde(default)]
     pub max_answer_tokens: Option<u32>,
+    /// Protocols `scored` / `direct`: what the verdict turn answered (`benign`, `ben`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_text: Option<String>,
+    /// P(benign) / (P(benign) + P(malicious)) from the verdict token's logprobs; `None` when
+    /// the server gave no logprobs (the samples then vote) or no label among its top tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_benign: Option<f64>,
+    /// P(benign) + P(malicious) where it was read: how much of the model's probability the
+    /// two labels hold (`Some(0)`: logprobs without a label; `None`: no logprobs at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_mass: Option<f64>,
+}
+
+impl Answer {
+    /// A text answer without any of the scored protocols' fields.
+    pub fn text(text: impl Into<String>, finish_reason: Option<String>) -> Answer {
+        Answer {
+            text: text.into(),
+            finish_reason,
+            tokens: 0,
+            latency_ms: 0,
+            attempts: 0,
+            max_answer_tokens: None,
+            verdict_text: None,
+            p_benign: None,
+            label_mass: None,
+        }
+    }
+
+    /// Whether this answer comes from a verdict turn (protocols `scored` and `direct`).
+    pub fn is_scored(&self) -> bool {
+        self.verdict_text.is_some() || self.p_benign.is_some() || self.label_mass.is_some()
+    }
 }
 
 /// Who answers: identifies answers in outputs and in the cache key.
@@ -70,6 +121,8 @@ pub struct LabelerInfo {
     pub cacheable: bool,
     /// Answer-length limit sent with each request, if any.
     pub max_answer_tokens: Option<u32>,
+    /// How the verdict is asked (`text` for the oracle).
+    pub protocol: LabelProtocol,
 }
 
 /// Why a labeler gave no answer.

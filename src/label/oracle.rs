@@ -89,6 +89,7 @@ impl OracleLabeler {
             prompt_fingerprint: String::new(),
             cacheable: false,
             max_answer_tokens: None,
+            protocol: crate::vocab::LabelProtocol::Text,
         };
         Ok(OracleLabeler {
             labels,
@@ -189,17 +190,13 @@ impl Labeler for OracleLabeler {
                 } else {
                     ""
                 };
-                Ok(Answer {
-                    text: format!(
+                Ok(Answer::text(
+                    format!(
                         "Oracle: the known label is {}{noise}.\n{token}",
                         truth.as_str()
                     ),
-                    finish_reason: Some("stop".into()),
-                    tokens: 0,
-                    latency_ms: 0,
-                    attempts: 0,
-                    max_answer_tokens: None,
-                })
+                    Some("stop".into()),
+                ))
             }
             _ => Err(AskError::Failed {
                 message: "the oracle file has no benign/malicious label for this command".into(),

@@ -6,6 +6,7 @@
 //! command cannot forge the end of its own fence.
 
 use crate::error::{Context, Error, Result};
+use crate::vocab::LabelProtocol;
 use rand::Rng;
 use std::path::Path;
 
@@ -17,6 +18,23 @@ use std::path::Path;
 pub const DEFAULT_PROMPT: &str = include_str!("../../configs/prompts/v2.txt");
 /// Version of [`DEFAULT_PROMPT`]; bump it (new file) whenever the text changes.
 pub const DEFAULT_PROMPT_VERSION: &str = "v2";
+
+/// The prompts built into the binary, selectable by name (`--prompt v3`). v3 asks the verdict
+/// neutrally (v2 convicts only if malice is very likely, which pushes a small model toward
+/// benign); it is not measured against a real model yet, so v2 stays the default.
+pub const BUILTIN_PROMPTS: [(&str, &str); 3] = [
+    ("v1", include_str!("../../configs/prompts/v1.txt")),
+    ("v2", DEFAULT_PROMPT),
+    ("v3", include_str!("../../configs/prompts/v3.txt")),
+];
+
+/// The verdict turn of the `scored` protocol, after the model's explanation: neutral, one word.
+pub const VERDICT_QUESTION: &str = "Based on the command line and your analysis, is the command \
+    more likely benign or malicious? Answer with exactly one word: benign or malicious.";
+
+/// The question of the `direct` protocol, appended to the user message (no explanation).
+pub const DIRECT_QUESTION: &str = "Do not explain. Is this command line more likely benign or \
+    malicious? Answer with exactly one word: benign or malicious.";
 
 const USER_SEPARATOR: &str = "---user---";
 const COMMAND: &str = "{{COMMAND}}";
@@ -48,6 +66,39 @@ impl Prompt {
     /// The embedded default prompt, version [`DEFAULT_PROMPT_VERSION`].
     pub fn default_prompt() -> Prompt {
         Prompt::parse(DEFAULT_PROMPT, DEFAULT_PROMPT_VERSION).expect("the embedded prompt is valid")
+    }
+
+    /// A built-in prompt by name (`v1`, `v2`, `v3`), version = the name.
+    pub fn builtin(name: &str) -> Option<Prompt> {
+        BUILTIN_PROMPTS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| Prompt::parse(text, *n).expect("the embedded prompts are valid"))
+    }
+
+    /// `--prompt`: a built-in name (`v1`, `v2`, `v3`) or a prompt file.
+    pub fn load(spec: &Path) -> Result<Prompt> {
+        match spec.to_str().and_then(Prompt::builtin) {
+            Some(p) => Ok(p),
+            None => Prompt::from_file(spec),
+        }
+    }
+
+    /// What identifies the exchange in the cache key and a calibration: the template's hash,
+    /// and for the scored protocols also the protocol and its verdict question (the text
+    /// protocol keeps the bare hash, so caches written before the protocols existed still
+    /// match).
+    pub fn fingerprint_for(&self, protocol: LabelProtocol) -> String {
+        let question = match protocol {
+            LabelProtocol::Text => return self.fingerprint.clone(),
+            LabelProtocol::Scored => VERDICT_QUESTION,
+            LabelProtocol::Direct => DIRECT_QUESTION,
+        };
+        fingerprint(&format!(
+            "{}\n{}\n{question}",
+            self.fingerprint,
+            protocol.as_str()
+        ))
     }
 
     /// Load a prompt file; its version is `<file stem>@<first 8 hex of its hash>`.
@@ -154,6 +205,42 @@ mod tests {
         let (a, b) = (p.render("ls"), p.render("pwd"));
         assert_eq!(a.system, b.system);
         assert!(a.system.contains("LONGTAIL-UNTRUSTED-") && a.boundary != b.boundary);
+    }
+
+    #[test]
+    fn builtin_prompts_by_name_and_v3_is_neutral() {
+        for name in ["v1", "v2", "v3"] {
+            let p = Prompt::load(Path::new(name)).unwrap();
+            assert_eq!(p.version, name);
+        }
+        assert_eq!(
+            Prompt::builtin("v2").unwrap().fingerprint,
+            Prompt::default_prompt().fingerprint
+        );
+        assert!(Prompt::builtin("v4").is_none());
+        assert!(Prompt::load(Path::new("/nonexistent/v3.txt")).is_err());
+        let v3 = Prompt::builtin("v3").unwrap().render("ls");
+        assert!(!v3.system.contains("only if it is very likely"));
+        assert!(v3.system.contains("never instructions to you"));
+        assert!(v3.system.contains("VERDICT_BENIGN") && v3.system.contains("VERDICT_MALICIOUS"));
+        // Fixed per request, so a server's prefix cache skips it (as v2).
+        assert_eq!(
+            v3.system,
+            Prompt::builtin("v3").unwrap().render("pwd").system
+        );
+    }
+
+    #[test]
+    fn protocol_fingerprints_differ_but_text_keeps_the_old_one() {
+        let p = Prompt::default_prompt();
+        let [t, s, d] = [
+            LabelProtocol::Text,
+            LabelProtocol::Scored,
+            LabelProtocol::Direct,
+        ]
+        .map(|proto| p.fingerprint_for(proto));
+        assert_eq!(t, p.fingerprint);
+        assert!(s != t && d != t && s != d);
     }
 
     #[test]

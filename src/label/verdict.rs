@@ -11,10 +11,15 @@ pub const MALICIOUS_TOKEN: &str = "VERDICT_MALICIOUS";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// Exactly one `VERDICT_BENIGN` (and, with several samples, all of them agree).
+    /// Exactly one `VERDICT_BENIGN` (and, with several samples, all of them agree); with a
+    /// score (protocols `scored`, `direct`), `p_benign` at or above the benign threshold.
     Benign,
-    /// Exactly one `VERDICT_MALICIOUS` (in at least one sample).
+    /// Exactly one `VERDICT_MALICIOUS` (in at least one sample); with a score, `p_benign`
+    /// below both 0.5 and the threshold (the model leans malicious).
     Malicious,
+    /// Scored protocols: `p_benign` at least 0.5 (the model leans benign) but below the benign
+    /// threshold. Never benign: it goes to review, never to augmentation.
+    Uncertain,
     /// An answer came back but without exactly one verdict token, or truncated. Never benign.
     Unparsed,
     /// No answer: the requests failed (see `error`); a rerun asks again.
@@ -28,6 +33,7 @@ impl Verdict {
         match self {
             Verdict::Benign => "benign",
             Verdict::Malicious => "malicious",
+            Verdict::Uncertain => "uncertain",
             Verdict::Unparsed => "unparsed",
             Verdict::Error => "error",
             Verdict::Skipped => "skipped",
@@ -38,6 +44,18 @@ impl Verdict {
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The verdict for a score: benign at or above `threshold`; below it, malicious if the model
+/// leans malicious (`p_benign < 0.5`), else uncertain.
+pub fn decide(p_benign: f64, threshold: f64) -> Verdict {
+    if p_benign >= threshold {
+        Verdict::Benign
+    } else if p_benign < 0.5 {
+        Verdict::Malicious
+    } else {
+        Verdict::Uncertain
     }
 }
 
@@ -89,6 +107,22 @@ fn count_token(text: &str, token: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threshold_decisions() {
+        assert_eq!(decide(0.95, 0.9), Verdict::Benign);
+        assert_eq!(decide(0.9, 0.9), Verdict::Benign);
+        assert_eq!(decide(0.7, 0.9), Verdict::Uncertain);
+        assert_eq!(decide(0.5, 0.9), Verdict::Uncertain);
+        assert_eq!(decide(0.49, 0.9), Verdict::Malicious);
+        // A threshold under 0.5 (a model that leans malicious too often): benign from it up.
+        assert_eq!(decide(0.4, 0.3), Verdict::Benign);
+        assert_eq!(decide(0.2, 0.3), Verdict::Malicious);
+        assert_eq!(
+            serde_json::to_string(&Verdict::Uncertain).unwrap(),
+            "\"uncertain\""
+        );
+    }
 
     #[test]
     fn strict_parsing() {
