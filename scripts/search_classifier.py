@@ -39,6 +39,9 @@ VARIANTS = {
     "no early stopping (6 epochs)": {"optim.patience": 0},
     "max + mean pooling": {"model.pooling": "max_mean"},
     "hidden layer of 64": {"model.hidden": 64},
+    # Round 2: the best of round 1 combined.
+    "long kernels + max/mean pooling": {"model.widths": [2, 3, 4, 5, 7, 9], "model.pooling": "max_mean"},
+    "long kernels [2,3,5,7,9,13]": {"model.widths": [2, 3, 5, 7, 9, 13]},
 }
 
 

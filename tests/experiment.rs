@@ -451,5 +451,10 @@ fn classifier_guided_and_diversity_arms_spend_the_budget_on_what_they_promise() 
         "fp_risk picks below the top: {scores:?}"
     );
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    assert!(mean(&scores) > mean(&all), "{} vs {}", mean(&scores), mean(&all));
+    assert!(
+        mean(&scores) > mean(&all),
+        "{} vs {}",
+        mean(&scores),
+        mean(&all)
+    );
 }

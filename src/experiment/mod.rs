@@ -22,7 +22,7 @@ use crate::detect::{self, DetectorConfig, DetectorKind, ScoreOptions};
 use crate::error::{Context, Error, Result};
 use crate::io::table;
 use crate::label::{self, LabelConfig, LabelResult, Labeler, OracleLabeler};
-use crate::vocab::Label;
+use crate::vocab::{Label, LabelProtocol, ServerApi};
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datasets::{DataConfig, Table};
@@ -50,13 +50,13 @@ pub enum Arm {
     Random,
     /// + every stream line labeled by the oracle (an upper bound; costs |stream| labels).
     OracleAll,
-    /// + the stream lines the *baseline classifier* scores most malicious: its would-be false
-    /// positives, one per near-duplicate cluster (no detector needed).
+    /// Adds the stream lines the *baseline classifier* scores most malicious: its would-be
+    /// false positives, one per near-duplicate cluster (no detector needed).
     FpRisk,
-    /// + the top of the product of the combined anomaly rank and the baseline classifier's
+    /// Adds the top of the product of the combined anomaly rank and the baseline classifier's
     /// rank: anomalous lines the classifier would also flag.
     AnomalyFp,
-    /// + one line from each of as many coarse clusters (Jaccard 0.5) of the stream as the
+    /// Adds one line from each of as many coarse clusters (Jaccard 0.5) of the stream as the
     /// budget allows, the most anomalous of each, clusters in order of that score: coverage
     /// of the tail instead of the top of one score.
     Diversity,
@@ -153,7 +153,7 @@ pub struct LlmStage {
     pub launch: Vec<String>,
     /// How long to wait for `<base_url without /v1>/health` to answer 200 after launch.
     pub ready_timeout_s: u64,
-    /// Prompt file (default: the built-in v1 prompt).
+    /// Prompt file, or `v1` / `v2` / `v3` (default: the built-in v2 prompt).
     pub prompt: Option<PathBuf>,
     pub concurrency: usize,
     /// Self-consistency samples (benign only if all agree).
@@ -161,6 +161,16 @@ pub struct LlmStage {
     /// Per-request timeout.
     pub timeout_s: u64,
     pub max_answer_tokens: u32,
+    /// How the verdict is asked: `text` (a token in the answer), `scored` (explanation, then
+    /// one constrained verdict token with its probability), `direct` (the verdict token alone).
+    pub protocol: LabelProtocol,
+    /// The server's API dialect for the constraint field (`auto` asks `/v1/models`).
+    pub server: ServerApi,
+    /// Scored protocols: benign only at `p_benign` >= this; below it `uncertain` (review).
+    pub benign_threshold: f64,
+    /// A calibration file from `longtail label --calibrate` (its threshold; it must have been
+    /// fitted for this model, prompt and protocol). Overrides `benign_threshold`.
+    pub calibration: Option<PathBuf>,
 }
 
 impl Default for LlmStage {
@@ -175,6 +185,10 @@ impl Default for LlmStage {
             samples: 1,
             timeout_s: 300,
             max_answer_tokens: 512,
+            protocol: LabelProtocol::Text,
+            server: ServerApi::Auto,
+            benign_threshold: 0.5,
+            calibration: None,
         }
     }
 }
@@ -399,6 +413,9 @@ pub struct LabelSummary {
     pub malicious: usize,
     /// Unparsed answers, errors and lines the labeler could not judge (unknown truth).
     pub no_verdict: usize,
+    /// Scored verdicts below the benign threshold but leaning benign: sent to review.
+    #[serde(default)]
+    pub uncertain: usize,
     /// Lines flagged (injection, disagreement): never used.
     pub flagged: usize,
     /// Benign lines added to the training set.
@@ -460,9 +477,7 @@ pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
             &cfg,
             &req.command(),
             &data,
-            &tables.hard,
-            &tables.easy,
-            &tables.dev,
+            &tables,
             &outcomes,
         )?;
         tracing::info!(
@@ -778,6 +793,14 @@ impl Runner<'_> {
             // The LLM's answers are shared by every arm and seed of the run: a line selected
             // twice is asked once, and a killed run loses no answer.
             cache: (labeler_kind == LabelerKind::Llm).then(|| self.out.join("llm-cache.jsonl")),
+            benign_threshold: match (&llm_cfg.calibration, labeler_kind) {
+                (Some(path), LabelerKind::Llm) => label::Calibration::load(path)?.threshold_for(
+                    &label::CalibrationScope::of(labeler.info(), llm_cfg.samples),
+                    path,
+                )?,
+                (None, LabelerKind::Llm) => llm_cfg.benign_threshold,
+                (_, LabelerKind::Oracle) => 0.5,
+            },
             ..LabelConfig::default()
         };
         let results = label::label_candidates_blocking(&cmds, labeler.as_ref(), &label_cfg)?;
@@ -889,8 +912,10 @@ impl Runner<'_> {
                 }
                 let mut c = label::LlmConfig::new(&llm.base_url, &llm.model);
                 if let Some(p) = &llm.prompt {
-                    c.prompt = label::Prompt::from_file(p)?;
+                    c.prompt = label::Prompt::load(p)?;
                 }
+                c.protocol = llm.protocol;
+                c.server = llm.server;
                 c.timeout = std::time::Duration::from_secs(llm.timeout_s);
                 c.temperature = Some(if llm.samples > 1 { 0.7 } else { 0.0 });
                 c.max_answer_tokens = Some(llm.max_answer_tokens);
@@ -927,6 +952,7 @@ impl Runner<'_> {
             match r.verdict {
                 label::Verdict::Benign => summary.benign += 1,
                 label::Verdict::Malicious => summary.malicious += 1,
+                label::Verdict::Uncertain => summary.uncertain += 1,
                 _ => summary.no_verdict += 1,
             }
             if !r.flags.is_empty() {

@@ -195,16 +195,15 @@ fn name_of(arm: Arm, labeler: Option<LabelerKind>) -> String {
 }
 
 /// Write `results.json`, `report.md` and ROC plots into `dir`; returns the Markdown path.
-pub fn write(
+pub(super) fn write(
     dir: &Path,
     cfg: &ExperimentConfig,
     command: &str,
     data: &DataOutputs,
-    hard: &Table,
-    easy: &Table,
-    dev: &Table,
+    tables: &super::Tables,
     outcomes: &[ArmOutcome],
 ) -> Result<PathBuf> {
+    let (hard, easy, dev) = (&tables.hard, &tables.easy, &tables.dev);
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::Error::runtime(format!("cannot create {}: {e}", dir.display())))?;
     let hard_labels = hard.malicious();
