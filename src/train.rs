@@ -93,6 +93,15 @@ impl Default for OptimConfig {
     }
 }
 
+/// The random generator of one epoch: a function of (seed, epoch) alone, so a run resumed
+/// after epoch `e` draws exactly what an uninterrupted one draws.
+pub fn epoch_rng(seed: u64, epoch: usize) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    rand::rngs::StdRng::seed_from_u64(
+        seed.wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
+    )
+}
+
 /// Learning rate at `step` of `total`: linear warmup, then cosine decay to 5% of the peak.
 pub fn lr_at(cfg: &OptimConfig, step: usize, total: usize) -> f64 {
     let total = total.max(1);

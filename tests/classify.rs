@@ -91,16 +91,8 @@ fn flex_classifier_learns_the_sample_quickly_and_scores_do_not_depend_on_the_bat
         "powershell -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUAdAAuAFcAZQBiAEMAbABpAGUAbgB0ACkA",
         "find . -name '*.py' -exec grep -l TODO {} +",
     ];
+    crate::util::assert_batch_independent(&clf, &lines);
     let together = clf.score(&lines, 32_768, |_| {});
-    for (i, l) in lines.iter().enumerate() {
-        let alone = clf.score(&[l], 32_768, |_| {})[0];
-        assert!(
-            (alone - together[i]).abs() < 1e-5,
-            "{l:?}: {alone} alone vs {} in a batch",
-            together[i]
-        );
-        assert!((0.0..=1.0).contains(&alone));
-    }
     assert!(
         together[2] > together[1],
         "reg save should outscore top -c: {together:?}"
@@ -777,15 +769,7 @@ fn max_mean_pooling_and_a_hidden_layer_keep_batch_independence_and_python_parity
         "powershell -nop -w hidden -enc SQBFAFgAIAAoAE4AZQB3AC0ATwBiAGoAZQBjAHQAIABOAGUA",
         "id",
     ];
-    let together = clf.score(&lines, 4096, |_| {});
-    for (i, line) in lines.iter().enumerate() {
-        let alone = clf.score(&[line], 4096, |_| {})[0];
-        assert!(
-            (alone - together[i]).abs() < 1e-5,
-            "{line}: {alone} vs {}",
-            together[i]
-        );
-    }
+    crate::util::assert_batch_independent(&clf, &lines);
     std::fs::write(d("lines.txt"), lines.join("\n") + "\n").unwrap();
     longtail_ok(&[
         "classify",

@@ -144,3 +144,18 @@ pub fn python_loader_agrees(model: &Path, scores: &Path, lines: usize) {
         "{text}"
     );
 }
+
+/// A line's score does not depend on what else is in its batch (padding is masked): each
+/// line scored alone matches its score in one mixed batch.
+pub fn assert_batch_independent(clf: &longtail::classify::Classifier, lines: &[&str]) {
+    let together = clf.score(lines, 32_768, |_| {});
+    for (i, line) in lines.iter().enumerate() {
+        let alone = clf.score(&[line], 32_768, |_| {})[0];
+        assert!(
+            (alone - together[i]).abs() < 1e-5,
+            "{line:?}: {alone} alone vs {} in a batch",
+            together[i]
+        );
+        assert!((0.0..=1.0).contains(&alone));
+    }
+}

@@ -9,7 +9,6 @@ use crate::train::{Batch, Metrics, OptimConfig, RunDir, RunSpec, Task, TrainStat
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::prelude::*;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 /// Data handling, loss weights and the decision threshold.
@@ -224,10 +223,7 @@ impl Task for ClassifierTask<'_> {
     }
 
     fn epoch_batches(&self, epoch: usize) -> Vec<Batch<HostBatch>> {
-        let mut rng = StdRng::seed_from_u64(
-            self.seed
-                .wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
-        );
+        let mut rng = crate::train::epoch_rng(self.seed, epoch);
         // A fresh permutation decides which lines of equal length share a batch.
         let mut items = self.train_idx.to_vec();
         items.shuffle(&mut rng);

@@ -141,10 +141,7 @@ impl Task for AutoencoderTask<'_> {
     }
 
     fn epoch_batches(&self, epoch: usize) -> Vec<Batch<HostBatch>> {
-        let mut rng = StdRng::seed_from_u64(
-            self.seed
-                .wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
-        );
+        let mut rng = crate::train::epoch_rng(self.seed, epoch);
         let pieces: Vec<_> = (0..self.per_epoch)
             .map(|_| {
                 let i = self.train_idx[self.sampler.sample(&mut rng)];
