@@ -41,8 +41,7 @@ macro_rules! named_enum {
                     .find(|v| v.as_str() == text)
                     .ok_or_else(|| {
                         format!(
-                            "unknown {} {text:?}; expected one of {}",
-                            stringify!($ty).to_ascii_lowercase(),
+                            "unknown value {text:?}; expected one of {}",
                             Self::names().join(", ")
                         )
                     })

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[command(after_help = "Examples:
   longtail run --config configs/demo.toml                # the README's main job (CPU, minutes)
   longtail run --config configs/full.toml --device wgpu  # all the shared data, on a GPU
-  longtail run --config configs/demo.toml --out /tmp/x   # another run directory
+  longtail run --config configs/demo.toml --out runs/x   # another run directory
 
 Stages already finished with the same inputs and config are reused, so a rerun after a crash
 or after changing only the classifier's config redoes only what changed. The report is in
