@@ -10,7 +10,7 @@ stage key).
 
 Usage:
   python3 scripts/search_classifier.py [--config configs/demo.toml] [--seeds 1,2,3,4,5]
-      [--dev 0.5] [--ensemble 3] [--out runs/search] [--only NAME,NAME]
+      [--dev 0.5] [--ensemble 3] [--out runs/search] [--only "NAME;NAME"]
 Prints a Markdown table (docs/classifier.md records a run). Needs only the Python standard
 library and a built `longtail` (target/release/longtail or $LONGTAIL).
 """
@@ -108,7 +108,7 @@ def main():
     ap.add_argument("--dev", type=float, default=0.5, help="data.hard_dev_fraction")
     ap.add_argument("--ensemble", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "runs/search"))
-    ap.add_argument("--only", help="comma-separated variant names to run")
+    ap.add_argument("--only", help="variant names to run, separated by semicolons")
     args = ap.parse_args()
     longtail = os.environ.get("LONGTAIL") or str(
         Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release/longtail")
@@ -118,7 +118,7 @@ def main():
     os.chdir(ROOT)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    names = args.only.split(";") if args.only else list(VARIANTS)
     rows, shared_data = [], None
     for name in names:
         doc = json.loads(json.dumps(base))
