@@ -122,10 +122,14 @@ pub type Metrics = BTreeMap<String, f64>;
 pub struct TrainState {
     pub epochs_done: usize,
     pub step: usize,
+    // JSON has no NaN (a run without validation lines has NaN losses): serde_json writes it as
+    // null, and these read null back as NaN.
+    #[serde(deserialize_with = "nan_for_null")]
     pub train_loss: Vec<f64>,
+    #[serde(deserialize_with = "nan_for_null")]
     pub val_loss: Vec<f64>,
     /// Every validation metric, per epoch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_for_null_metrics")]
     pub metrics: Vec<Metrics>,
     /// The monitored metric's name (older states: `loss`).
     #[serde(default = "loss_name")]
@@ -138,6 +142,25 @@ pub struct TrainState {
 
 fn loss_name() -> String {
     "loss".into()
+}
+
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    let values: Vec<Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
+fn nan_for_null_metrics<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Metrics>, D::Error> {
+    let epochs: Vec<BTreeMap<String, Option<f64>>> = Deserialize::deserialize(d)?;
+    Ok(epochs
+        .into_iter()
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+                .collect()
+        })
+        .collect())
 }
 
 /// Files of a run directory: `checkpoint/` (the last epoch: model, optimizer, state) and
@@ -436,6 +459,21 @@ pub fn fit<T: Task>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_without_validation_round_trips_through_json() {
+        let state = TrainState {
+            epochs_done: 1,
+            val_loss: vec![f64::NAN],
+            train_loss: vec![0.5],
+            metrics: vec![Metrics::from([("loss".to_string(), f64::NAN)])],
+            ..TrainState::default()
+        };
+        let back: TrainState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert!(back.val_loss[0].is_nan() && back.metrics[0]["loss"].is_nan());
+        assert_eq!(back.train_loss, vec![0.5]);
+    }
 
     #[test]
     fn monitors_compare_by_direction_and_nan_never_improves() {

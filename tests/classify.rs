@@ -785,3 +785,81 @@ fn max_mean_pooling_and_a_hidden_layer_keep_batch_independence_and_python_parity
         4,
     );
 }
+
+/// The GPU code path (wgpu) of the classifier on the CPU through Mesa lavapipe: one small
+/// training and scoring, and the same weights score alike on flex. CI sets
+/// LONGTAIL_REQUIRE_WGPU=1 after installing mesa-vulkan-drivers, so a missing driver fails
+/// there instead of skipping.
+#[test]
+fn wgpu_cpu_trains_and_scores_a_tiny_classifier() {
+    let has_cpu_adapter = longtail::device::wgpu_adapters()
+        .iter()
+        .any(longtail::device::Adapter::is_cpu);
+    if !has_cpu_adapter {
+        assert!(
+            std::env::var("LONGTAIL_REQUIRE_WGPU").is_err(),
+            "no wgpu CPU adapter: install mesa-vulkan-drivers (scripts/setup.sh)"
+        );
+        eprintln!("SKIPPED: no wgpu CPU adapter (apt-get install mesa-vulkan-drivers)");
+        return;
+    }
+    // Short lines of one padded length keep the distinct kernel shapes few: wgpu autotunes
+    // every new shape, which is slow on a CPU adapter.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = String::new();
+    let mut lines = Vec::new();
+    for (file, label) in [
+        ("nl2bash.jsonl", "benign"),
+        ("atomic_red_team.jsonl", "malicious"),
+    ] {
+        let text = std::fs::read_to_string(sample(file)).unwrap();
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let cmd = v["cmd"].as_str().unwrap();
+            if (17..=24).contains(&cmd.len())
+                && lines.len() < if label == "benign" { 60 } else { 90 }
+            {
+                rows += &serde_json::json!({"cmd": cmd, "label": label}).to_string();
+                rows.push('\n');
+                lines.push(cmd.to_string());
+            }
+        }
+    }
+    let train = dir.path().join("train.jsonl");
+    std::fs::write(&train, rows).unwrap();
+    let mut config = ClassifierConfig::default();
+    config.model.embed_dim = 8;
+    config.model.filters = 8;
+    config.model.widths = vec![3];
+    config.model.max_len = 24;
+    config.optim.epochs = 1;
+    config.training.max_batch = 256;
+    config.training.val_fraction = 0.0;
+    let gpu = longtail::Globals::new(longtail::device::DeviceChoice::WgpuCpu, 7).unwrap();
+    let out = dir.path().join("model");
+    classify::train(
+        &TrainRequest {
+            config: &config,
+            train: std::slice::from_ref(&train),
+            augment: &[],
+            init: None,
+            out: &out,
+            resume: false,
+        },
+        &gpu,
+    )
+    .unwrap();
+    let refs: Vec<&str> = lines.iter().take(20).map(String::as_str).collect();
+    let on_gpu = Classifier::load(&out, &gpu)
+        .unwrap()
+        .score(&refs, 8192, |_| {});
+    let on_flex = Classifier::load(&out, &globals())
+        .unwrap()
+        .score(&refs, 8192, |_| {});
+    for (a, b) in on_gpu.iter().zip(&on_flex) {
+        assert!(
+            a.is_finite() && (a - b).abs() < 1e-4,
+            "wgpu {a} vs flex {b}"
+        );
+    }
+}
