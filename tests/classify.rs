@@ -583,6 +583,22 @@ fn a_closed_output_pipe_is_a_normal_end() {
     assert!(!stderr.contains("error"), "{stderr}");
 }
 
+/// 550 labeled sample lines and `tiny.toml` (a one-epoch network of 8 filters with the given
+/// extra `[model]` lines) in `dir`; returns the training file.
+fn tiny_run(dir: &Path, model: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("tiny.toml"),
+        format!(
+            "[model]\nembed_dim = 8\nfilters = 8\nmax_len = 64\n{model}[optim]\nepochs = 1\nlr = 0.01\n"
+        ),
+    )
+    .unwrap();
+    subset(
+        dir,
+        &[("nl2bash.jsonl", 400), ("atomic_red_team.jsonl", 150)],
+    )
+}
+
 /// A seed ensemble is one model directory: K members trained on distinct seeds, scored as the
 /// sigmoid of their mean logit by `classify`, exported whole, reproduced by the Python loader,
 /// and refused with a clear error when a member is missing.
@@ -590,16 +606,7 @@ fn a_closed_output_pipe_is_a_normal_end() {
 fn seed_ensemble_trains_scores_exports_and_the_python_loader_agrees() {
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).display().to_string();
-    let train = subset(
-        dir.path(),
-        &[("nl2bash.jsonl", 400), ("atomic_red_team.jsonl", 150)],
-    );
-    std::fs::write(
-        d("tiny.toml"),
-        "[model]\nembed_dim = 8\nfilters = 8\nwidths = [2, 3]\nmax_len = 64\n\
-         [optim]\nepochs = 1\nlr = 0.01\n",
-    )
-    .unwrap();
+    let train = tiny_run(dir.path(), "widths = [2, 3]\n");
     let train_args = |out: &str, k: &str| {
         longtail_ok(&[
             "--seed",
@@ -743,16 +750,10 @@ fn seed_ensemble_trains_scores_exports_and_the_python_loader_agrees() {
 fn max_mean_pooling_and_a_hidden_layer_keep_batch_independence_and_python_parity() {
     let dir = tempfile::tempdir().unwrap();
     let d = |p: &str| dir.path().join(p).display().to_string();
-    let train = subset(
+    let train = tiny_run(
         dir.path(),
-        &[("nl2bash.jsonl", 400), ("atomic_red_team.jsonl", 150)],
+        "widths = [2, 5]\npooling = \"max_mean\"\nhidden = 16\n",
     );
-    std::fs::write(
-        d("tiny.toml"),
-        "[model]\nembed_dim = 8\nfilters = 8\nwidths = [2, 5]\nmax_len = 64\n\
-         pooling = \"max_mean\"\nhidden = 16\n[optim]\nepochs = 1\nlr = 0.01\n",
-    )
-    .unwrap();
     longtail_ok(&[
         "train-classifier",
         "--train",
@@ -792,15 +793,7 @@ fn max_mean_pooling_and_a_hidden_layer_keep_batch_independence_and_python_parity
 /// there instead of skipping.
 #[test]
 fn wgpu_cpu_trains_and_scores_a_tiny_classifier() {
-    let has_cpu_adapter = longtail::device::wgpu_adapters()
-        .iter()
-        .any(longtail::device::Adapter::is_cpu);
-    if !has_cpu_adapter {
-        assert!(
-            std::env::var("LONGTAIL_REQUIRE_WGPU").is_err(),
-            "no wgpu CPU adapter: install mesa-vulkan-drivers (scripts/setup.sh)"
-        );
-        eprintln!("SKIPPED: no wgpu CPU adapter (apt-get install mesa-vulkan-drivers)");
+    if !crate::util::wgpu_cpu_available() {
         return;
     }
     // Short lines of one padded length keep the distinct kernel shapes few: wgpu autotunes

@@ -264,15 +264,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
 /// after installing mesa-vulkan-drivers, so a missing driver fails there instead of skipping.
 #[test]
 fn wgpu_cpu_trains_and_scores_a_tiny_model() {
-    let has_cpu_adapter = longtail::device::wgpu_adapters()
-        .iter()
-        .any(longtail::device::Adapter::is_cpu);
-    if !has_cpu_adapter {
-        assert!(
-            std::env::var("LONGTAIL_REQUIRE_WGPU").is_err(),
-            "no wgpu CPU adapter: install mesa-vulkan-drivers (scripts/setup.sh)"
-        );
-        eprintln!("SKIPPED: no wgpu CPU adapter (apt-get install mesa-vulkan-drivers)");
+    if !crate::util::wgpu_cpu_available() {
         return;
     }
     // Short lines and one context size keep the number of distinct kernel shapes small:

@@ -159,3 +159,19 @@ pub fn assert_batch_independent(clf: &longtail::classify::Classifier, lines: &[&
         assert!((0.0..=1.0).contains(&alone));
     }
 }
+
+/// Whether the wgpu CPU adapter (Mesa lavapipe) is there; says SKIPPED when not, and fails
+/// instead under LONGTAIL_REQUIRE_WGPU (CI sets it after installing mesa-vulkan-drivers).
+pub fn wgpu_cpu_available() -> bool {
+    let has_cpu_adapter = longtail::device::wgpu_adapters()
+        .iter()
+        .any(longtail::device::Adapter::is_cpu);
+    if !has_cpu_adapter {
+        assert!(
+            std::env::var("LONGTAIL_REQUIRE_WGPU").is_err(),
+            "no wgpu CPU adapter: install mesa-vulkan-drivers (scripts/setup.sh)"
+        );
+        eprintln!("SKIPPED: no wgpu CPU adapter (apt-get install mesa-vulkan-drivers)");
+    }
+    has_cpu_adapter
+}
