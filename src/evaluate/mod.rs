@@ -2,6 +2,8 @@
 //!
 //! - [`metrics`]: ROC curve and AUC with exact tie handling, average precision, TPR at low
 //!   FPR, FPR at high TPR, thresholds, FPR on a subset, DeLong and bootstrap intervals;
+//! - [`paired`]: the bootstrap interval of an AUC difference between two classifiers, paired
+//!   by seed;
 //! - [`report`]: [`Report`], several models on one test set with group breakdowns, written as
 //!   JSON, Markdown and SVG charts;
 //! - [`plot`]: the dependency-free SVG charts (ROC with a log FPR axis, score histograms).
@@ -9,6 +11,7 @@
 //! Scores are "higher = more malicious/anomalous"; labels are `true` for malicious.
 
 pub mod metrics;
+pub mod paired;
 pub mod plot;
 pub mod report;
 
@@ -16,4 +19,5 @@ pub use metrics::{
     CiMethod, Confusion, Interval, Metrics, MetricsOptions, OperatingPoint, RocCurve,
     average_precision, roc_auc, roc_curve,
 };
+pub use paired::paired_auc_gain;
 pub use report::{Report, ReportOptions};
