@@ -27,7 +27,7 @@ fn globals() -> Globals {
 
 #[test]
 fn shipped_configs_parse_and_validate() {
-    for name in ["demo.toml", "full.toml", "demo-llm.toml"] {
+    for name in ["demo.toml", "full.toml", "demo-llm.toml", "ops.toml"] {
         let path = repo().join("configs").join(name);
         let cfg = ExperimentConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(cfg.arms.contains(&experiment::Arm::Baseline), "{name}");
@@ -457,4 +457,254 @@ fn classifier_guided_and_diversity_arms_spend_the_budget_on_what_they_promise() 
         mean(&scores),
         mean(&all)
     );
+}
+
+/// The bundled sample plus two generated, dated tail files shaped like the shared corpora's
+/// `ops_*` files (`date`, `shape`, `source` = script): `ops_dated.jsonl` with lines from 2023
+/// to 2025 in 12 scripts, and `ops_older.jsonl`, which holds some of the same lines dated
+/// earlier. Per script: a "version bump" pair (one shape, dated before and after the cut) and
+/// a line whose earliest date is in the older file.
+fn dated_fixture(dir: &Path) -> DataConfig {
+    for f in [
+        "runner_images.jsonl",
+        "nl2bash.jsonl",
+        "atomic_red_team.jsonl",
+        "otrf_security_datasets.jsonl",
+    ] {
+        std::fs::copy(sample_dir().join(f), dir.join(f)).unwrap();
+    }
+    let row = |cmd: &str, script: usize, date: &str, shape: &str| {
+        serde_json::json!({
+            "cmd": cmd, "label": "benign", "platform": "linux",
+            "source": format!("fixture/ops:scripts/s{script}.sh"),
+            "date": date, "shape": shape, "placeholder": false,
+        })
+        .to_string()
+    };
+    let (mut dated, mut older) = (Vec::new(), Vec::new());
+    for k in 0..240usize {
+        let script = k % 12;
+        let date = format!("{}-{:02}-15", 2023 + k % 3, 1 + (k / 3) % 12);
+        let cmd = format!(
+            "tool{k} --opt{}q{k} /srv/area{}/item{k}.dat --level {}",
+            k * 7,
+            k % 5,
+            k * 13 % 97
+        );
+        dated.push(row(&cmd, script, &date, &format!("shape{k}")));
+    }
+    for s in 0..12 {
+        dated.push(row(
+            &format!("pkgbuild-bump{s} --release 1.{s}.0 --target zone{s}"),
+            s,
+            "2023-03-01",
+            &format!("bump{s}"),
+        ));
+        dated.push(row(
+            &format!("pkgbuild-bump{s} --release 9.{s}.7 --target zone{s}"),
+            s,
+            "2025-03-01",
+            &format!("bump{s}"),
+        ));
+        let moved = format!("relocated-step{s} --from old{s} --into new{s}");
+        dated.push(row(&moved, s, "2025-02-01", &format!("moved{s}")));
+        older.push(row(&moved, s, "2022-01-01", &format!("moved{s}")));
+    }
+    std::fs::write(dir.join("ops_dated.jsonl"), dated.join("\n")).unwrap();
+    std::fs::write(dir.join("ops_older.jsonl"), older.join("\n")).unwrap();
+    let mut cfg = demo_config().data;
+    cfg.dir = dir.to_path_buf();
+    let tail = |file: &str| datasets::SourceSpec {
+        file: file.into(),
+        role: Role::Tail,
+        group_by: datasets::GroupBy::Source,
+        max_lines: None,
+    };
+    cfg.sources.insert(0, tail("ops_dated.jsonl"));
+    cfg.sources.push(tail("ops_older.jsonl"));
+    cfg.hard_tail_fraction = 0.3;
+    cfg.time_split = Some("2024-07-01".into());
+    cfg
+}
+
+#[test]
+fn the_time_split_tests_later_lines_of_known_sources_without_leaks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = dated_fixture(tmp.path());
+    let built = datasets::build(&cfg).unwrap();
+    let lines = &built.lines;
+    let cut = "2024-07-01";
+    let time: Vec<&datasets::Line> = lines
+        .iter()
+        .filter(|l| l.split == Split::TimeTest)
+        .collect();
+    assert!(time.len() > 20, "{} time-split lines", time.len());
+    for l in &time {
+        assert_eq!(l.label, Some(Label::Benign));
+        assert!(l.date.as_deref().unwrap() >= cut, "{l:?}");
+    }
+    for l in lines.iter().filter(|l| l.count > 0 && l.role == Role::Tail) {
+        if let Some(d) = &l.date {
+            assert!(d.as_str() < cut, "a later line in the stream: {l:?}");
+        }
+    }
+    // Time-split lines come from scripts the stream also has; the hard test's scripts do not.
+    let scripts = |s: Split| -> HashSet<&str> {
+        lines
+            .iter()
+            .filter(|l| l.split == s && l.source == "ops_dated")
+            .map(|l| l.origin.as_str())
+            .collect()
+    };
+    let stream_scripts: HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.count > 0 && l.source == "ops_dated")
+        .map(|l| l.origin.as_str())
+        .collect();
+    assert!(scripts(Split::TimeTest).is_subset(&stream_scripts));
+    assert!(!scripts(Split::HardTest).is_empty());
+    assert!(scripts(Split::HardTest).is_disjoint(&stream_scripts));
+
+    // A version bump (one shape) never crosses the cut: its later line is dropped, not tested.
+    let bumped = |l: &&datasets::Line| l.cmd.contains("--release 9.");
+    assert!(time.iter().all(|l| !bumped(l)));
+    assert!(
+        lines
+            .iter()
+            .filter(bumped)
+            .any(|l| l.split == Split::Unused),
+        "no bump pair fell in a stream script: the check above proved nothing"
+    );
+    // First seen = the earliest date of any source that has the line.
+    let moved = |l: &&datasets::Line| l.cmd.starts_with("relocated-step");
+    assert!(time.iter().all(|l| !moved(l)));
+    assert!(lines.iter().filter(moved).any(|l| l.count > 0));
+    assert!(
+        lines
+            .iter()
+            .filter(moved)
+            .all(|l| l.date.as_deref() == Some("2022-01-01"))
+    );
+
+    // The written test: the time-split benign lines against the hard test's malicious lines.
+    built.write(tmp.path()).unwrap();
+    let table = datasets::Table::read(&tmp.path().join(datasets::TIME_TEST)).unwrap();
+    let hard = datasets::Table::read(&tmp.path().join(datasets::HARD_TEST)).unwrap();
+    let malicious = |t: &datasets::Table| -> HashSet<String> {
+        (0..t.cmd.len())
+            .filter(|&i| t.label[i] == Some(Label::Malicious))
+            .map(|i| t.cmd[i].clone())
+            .collect()
+    };
+    assert_eq!(malicious(&table), malicious(&hard));
+    assert!(!malicious(&table).is_empty());
+    assert_eq!(table.cmd.len(), time.len() + malicious(&hard).len());
+
+    // Without a cut, nothing is time-split and the later lines feed the stream.
+    let plain = datasets::build(&DataConfig {
+        time_split: None,
+        ..cfg.clone()
+    })
+    .unwrap();
+    assert!(plain.lines.iter().all(|l| l.split != Split::TimeTest));
+    assert!(!tmp.path().join("none").exists());
+}
+
+#[test]
+fn a_time_split_that_cannot_work_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = dated_fixture(tmp.path());
+    let err = datasets::build(&DataConfig {
+        time_split: Some("2024-7-1".into()),
+        ..cfg.clone()
+    })
+    .err()
+    .expect("a malformed day");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("YYYY-MM-DD"), "{err}");
+    let err = datasets::build(&DataConfig {
+        time_split: Some("2030-01-01".into()),
+        ..cfg.clone()
+    })
+    .err()
+    .expect("a cut after every line");
+    assert!(err.to_string().contains("leaves no tail line"), "{err}");
+    // A config whose hard test gets no benign line says which table and what to change.
+    let err = datasets::build(&DataConfig {
+        hard_tail_fraction: 0.0,
+        ..cfg
+    })
+    .err()
+    .expect("no held-out scripts");
+    assert!(
+        err.to_string().contains("hard test has no benign line"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_time_split_experiment_reports_both_tests_with_intervals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_config(&out);
+    let max_lines = Some(500);
+    cfg.data = DataConfig {
+        stream_common_lines: 300,
+        ..dated_fixture(tmp.path())
+    };
+    for s in &mut cfg.data.sources {
+        s.max_lines = max_lines;
+    }
+    cfg.seeds = vec![1, 2];
+    cfg.arms = vec![
+        experiment::Arm::Baseline,
+        experiment::Arm::Iforest,
+        experiment::Arm::Random,
+    ];
+    let config = write_config(tmp.path(), &cfg);
+    let request = RunRequest {
+        config,
+        ..Default::default()
+    };
+    experiment::run(&request, &globals()).unwrap();
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/results.json")).unwrap())
+            .unwrap();
+    for run in &results.runs {
+        let time = run
+            .time
+            .as_ref()
+            .expect("every run is measured on the time split");
+        assert!((0.0..=1.0).contains(&time.roc_auc));
+    }
+    for arm in &results.arms {
+        let gain = arm.gain_ci.time_vs_baseline;
+        if arm.arm == experiment::Arm::Baseline {
+            assert!(gain.is_none());
+            continue;
+        }
+        let gain = gain.expect("a gain interval on the time split");
+        assert!(
+            gain.lower <= gain.estimate && gain.estimate <= gain.upper,
+            "{gain:?}"
+        );
+        let mean = arm.auc_time_gain.unwrap().mean;
+        assert!((gain.estimate - mean).abs() < 1e-9, "{gain:?} vs {mean}");
+        assert!(arm.gain_ci.hard_vs_baseline.is_some());
+        assert_eq!(
+            arm.gain_ci.hard_vs_random.is_some(),
+            arm.arm != experiment::Arm::Random
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    for part in [
+        "### Time-split test",
+        "Δ vs random control [95 % CI]",
+        "### Against the random control (hard test)",
+        "### Without unexpanded variables",
+        "time-split test: tail lines of the stream's sources first seen on or after 2024-07-01",
+    ] {
+        assert!(md.contains(part), "no {part:?} in\n{md}");
+    }
+    assert!(out.join("report/time/roc.svg").exists());
 }

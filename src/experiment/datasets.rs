@@ -16,6 +16,14 @@
 //! technique). "Easy" splits (baseline train vs easy test) go by cluster, "hard" splits (seen vs
 //! unseen technique, stream vs hard test for rare benign scripts) by coarse group. A test line
 //! whose cluster still holds a training or stream line (possible only across roles) is dropped.
+//!
+//! With `time_split = "YYYY-MM-DD"`, dated tail lines (the `date` a line first appeared in its
+//! repository) of the groups that stay in the stream are cut by time, the source work's
+//! setting: lines first seen before the date form the stream's tail, later ones the *time-split
+//! test* (`test_time.parquet`, against the hard test's unseen attacks). The hard test stays
+//! beside it as the harder "new environment" case. Lines that share a `shape` (the corpora's
+//! normalised form) within a source are one near-duplicate cluster, so a version bump never
+//! crosses the cut.
 
 use crate::data::UnionFind;
 use crate::data::minhash::{MinHashConfig, near_duplicate_clusters};
@@ -96,6 +104,10 @@ pub struct DataConfig {
     pub stream_zipf_exponent: f64,
     /// At most this share of the stream's unique lines is malicious.
     pub stream_malicious_share: f64,
+    /// A day `YYYY-MM-DD`: dated tail lines of stream groups first seen on or after it leave
+    /// the stream for the time-split test. None = no time split.
+    #[serde(default)]
+    pub time_split: Option<String>,
 }
 
 impl Default for DataConfig {
@@ -114,6 +126,7 @@ impl Default for DataConfig {
             stream_max_count: 10_000,
             stream_zipf_exponent: 1.0,
             stream_malicious_share: 0.03,
+            time_split: None,
         }
     }
 }
@@ -142,6 +155,13 @@ impl DataConfig {
             || self.stream_zipf_exponent < 0.0
         {
             return bad("stream_max_count must be >= 1 and stream_zipf_exponent >= 0".into());
+        }
+        if let Some(day) = &self.time_split
+            && !is_day(day)
+        {
+            return bad(format!(
+                "time_split must be a day written YYYY-MM-DD (e.g. \"2024-07-01\"), got {day:?}"
+            ));
         }
         Ok(())
     }
@@ -172,6 +192,21 @@ impl DataConfig {
     }
 }
 
+/// `YYYY-MM-DD` with plausible month and day: compared as text, so the form must be exact.
+fn is_day(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) {
+        return false;
+    }
+    if !digits(8..10) {
+        return false;
+    }
+    let month: u32 = s[5..7].parse().unwrap_or(0);
+    let day: u32 = s[8..10].parse().unwrap_or(0);
+    (1..=12).contains(&month) && (1..=31).contains(&day)
+}
+
 /// Where a line ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -181,6 +216,9 @@ pub enum Split {
     HardTest,
     /// The dev twin of the hard test (other groups): for choices, never for reporting.
     HardDev,
+    /// A tail line of a stream group first seen on or after `time_split`: the time-split
+    /// test's benign side.
+    TimeTest,
     Stream,
     /// Left out: over a cap, or a test line near-identical to a training line.
     Unused,
@@ -200,6 +238,8 @@ pub struct Line {
     pub split: Split,
     /// Occurrences in the unlabeled stream (0 outside it).
     pub count: u64,
+    /// The day the line first appeared in its repository (`date`), when the source says.
+    pub date: Option<String>,
 }
 
 /// Counts of what was built, by split, role and label; `data/summary.json`.
@@ -231,6 +271,8 @@ pub const TRUTH: &str = "stream_truth.parquet";
 pub const HARD_TEST: &str = "test_hard.parquet";
 /// Written only when the config asks for a dev split (`hard_dev_fraction > 0`).
 pub const HARD_DEV: &str = "dev_hard.parquet";
+/// Written only with a time split: later tail lines vs the hard test's malicious lines.
+pub const TIME_TEST: &str = "test_time.parquet";
 pub const EASY_TEST: &str = "test_easy.parquet";
 
 struct Raw {
@@ -239,6 +281,8 @@ struct Raw {
     source: String,
     origin: String,
     technique: Option<String>,
+    date: Option<String>,
+    shape: Option<String>,
     role: Role,
     group_by: GroupBy,
 }
@@ -263,7 +307,48 @@ pub fn build(cfg: &DataConfig) -> Result<Datasets> {
     draw_stream(cfg, &mut lines, &mut rng);
     summary.test_lines_dropped_for_leakage = drop_leaking_tests(&mut lines, &groups.fine_root);
     tally(&lines, &mut summary);
+    check_usable(cfg, &lines)?;
     Ok(Datasets { lines, summary })
+}
+
+/// Every table the experiment trains or measures on must be usable, or it fails here, before
+/// any training, with what to change.
+fn check_usable(cfg: &DataConfig, lines: &[Line]) -> Result<()> {
+    let has = |split: Split, label: Label| {
+        lines
+            .iter()
+            .any(|l| l.split == split && l.label == Some(label))
+    };
+    let fix = "check [[data.sources]] roles and the [data] fractions";
+    if !lines.iter().any(|l| l.count > 0) {
+        return Err(Error::input(format!(
+            "the unlabeled stream is empty after the split: {fix} (tail and background sources \
+             feed it)"
+        )));
+    }
+    for (split, name) in [
+        (Split::BaselineTrain, "the baseline training set"),
+        (Split::HardTest, "the hard test"),
+        (Split::EasyTest, "the easy test"),
+    ] {
+        for label in [Label::Benign, Label::Malicious] {
+            if !has(split, label) {
+                return Err(Error::input(format!(
+                    "{name} has no {label} line after the split: {fix}"
+                )));
+            }
+        }
+    }
+    if let Some(cut) = &cfg.time_split
+        && !has(Split::TimeTest, Label::Benign)
+    {
+        return Err(Error::input(format!(
+            "time_split = {cut:?} leaves no tail line first seen on or after it (only sources \
+             with a `date` field are cut, and lines near-identical to earlier stream lines are \
+             dropped): choose an earlier day or add dated tail sources"
+        )));
+    }
+    Ok(())
 }
 
 fn distinct(roots: &[usize]) -> usize {
@@ -293,6 +378,12 @@ fn read_sources(cfg: &DataConfig, rng: &mut StdRng, summary: &mut DataSummary) -
                         && a != b
                     {
                         conflicted[i] = true;
+                    }
+                    // First seen anywhere: the earliest date of any source that has the line.
+                    if let Some(d) = row.date
+                        && raws[i].date.as_ref().is_none_or(|have| d < *have)
+                    {
+                        raws[i].date = Some(d);
                     }
                 }
                 None => {
@@ -353,6 +444,8 @@ fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -
             cmd: r.cmd.to_string(),
             origin: field("source").unwrap_or_else(|| stem.clone()),
             technique: field("technique"),
+            date: field("date"),
+            shape: field("shape"),
             label,
             source: stem.clone(),
             // A line without a known label is background, whatever its source's role.
@@ -398,6 +491,18 @@ impl Groups {
             let f = *first_of_cluster.entry(c).or_insert(i);
             fine.union(f as u32, i as u32);
             coarse.union(f as u32, i as u32);
+        }
+        // Lines of one normalised shape (versions, hashes, numbers masked) are near-duplicates
+        // whatever MinHash says: a version bump must not cross a split.
+        let mut first_of_shape: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, r) in raws.iter().enumerate() {
+            if let Some(shape) = &r.shape {
+                let f = *first_of_shape
+                    .entry((r.source.as_str(), shape.as_str()))
+                    .or_insert(i);
+                fine.union(f as u32, i as u32);
+                coarse.union(f as u32, i as u32);
+            }
         }
         let mut first_of_key: HashMap<String, usize> = HashMap::new();
         for (i, r) in raws.iter().enumerate() {
@@ -452,6 +557,7 @@ fn assign_splits(cfg: &DataConfig, raws: Vec<Raw>, g: &Groups) -> Vec<Line> {
                 Role::Common if easy => Split::EasyTest,
                 Role::Common => Split::BaselineTrain,
                 Role::Tail if g.u_coarse[i] < cfg.hard_tail_fraction => held_out,
+                Role::Tail if first_seen_after_cut(cfg, r.date.as_deref()) => Split::TimeTest,
                 Role::Tail => Split::Stream,
                 Role::Attack if g.u_coarse[i] >= cfg.unseen_attack_fraction => {
                     if easy {
@@ -477,9 +583,21 @@ fn assign_splits(cfg: &DataConfig, raws: Vec<Raw>, g: &Groups) -> Vec<Line> {
                 role: r.role,
                 split,
                 count: 0,
+                date: r.date,
             }
         })
         .collect()
+}
+
+/// Whether a line dated `date` falls on the test side of the config's time split (undated
+/// lines never do).
+fn first_seen_after_cut(cfg: &DataConfig, date: Option<&str>) -> bool {
+    match (&cfg.time_split, date) {
+        // Both are YYYY-MM-DD (the config is validated; dates longer than a day compare by
+        // their day prefix), so text order is time order.
+        (Some(cut), Some(d)) => d.get(..10).unwrap_or(d) >= cut.as_str(),
+        _ => false,
+    }
 }
 
 /// The stream: a heavy-tailed head of common lines drawn from the baseline's benign lines (a
@@ -541,8 +659,10 @@ fn drop_leaking_tests(lines: &mut [Line], fine_root: &[usize]) -> usize {
         .collect();
     let mut dropped = 0;
     for (i, l) in lines.iter_mut().enumerate() {
-        if matches!(l.split, Split::EasyTest | Split::HardTest | Split::HardDev)
-            && trains_on.contains(&fine_root[i])
+        if matches!(
+            l.split,
+            Split::EasyTest | Split::HardTest | Split::HardDev | Split::TimeTest
+        ) && trains_on.contains(&fine_root[i])
         {
             l.split = Split::Unused;
             dropped += 1;
@@ -575,6 +695,7 @@ fn tally(lines: &[Line], summary: &mut DataSummary) {
             Split::EasyTest => put("easy_test"),
             Split::HardTest => put("hard_test"),
             Split::HardDev => put("hard_dev"),
+            Split::TimeTest => put("time_test"),
             Split::Unused => put("unused"),
             Split::Stream => {}
         }
@@ -625,9 +746,10 @@ fn write_table(path: &Path, rows: &[&Line], with_label: bool) -> Result<u64> {
 }
 
 impl Datasets {
-    /// Write the five tables into `dir`: the baseline and the two tests (`cmd`, `label`,
-    /// `source`, `origin`, `role`, `count`), the stream as `ingest` would give it (`cmd`,
-    /// `count`: no labels), and the stream's truth for the oracle and the analysis.
+    /// Write the tables into `dir`: the baseline and the tests (`cmd`, `label`, `source`,
+    /// `origin`, `role`, `count`; the dev and time-split tests only when configured), the
+    /// stream as `ingest` would give it (`cmd`, `count`: no labels), and the stream's truth
+    /// for the oracle and the analysis.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let pick =
             |s: Split| -> Vec<&Line> { self.lines.iter().filter(|l| l.split == s).collect() };
@@ -639,6 +761,17 @@ impl Datasets {
             write_table(&dir.join(HARD_DEV), &dev, true)?;
         }
         write_table(&dir.join(EASY_TEST), &pick(Split::EasyTest), true)?;
+        if self.lines.iter().any(|l| l.split == Split::TimeTest) {
+            // Later benign lines of known environments against the same unseen attacks as
+            // the hard test: only the benign side differs between the two tests.
+            let mut time = pick(Split::TimeTest);
+            time.extend(
+                self.lines
+                    .iter()
+                    .filter(|l| l.split == Split::HardTest && l.label == Some(Label::Malicious)),
+            );
+            write_table(&dir.join(TIME_TEST), &time, true)?;
+        }
         write_table(&dir.join(STREAM), &stream, false)?;
         write_table(&dir.join(TRUTH), &stream, true)?;
         table::write_atomic(
@@ -679,6 +812,16 @@ impl Table {
             t.count.push(row.count.unwrap_or(1));
         }
         Ok(t)
+    }
+
+    /// [`Table::read`], or an empty table when the data stage did not write `path` (the
+    /// optional dev and time-split tests).
+    pub fn read_if_written(path: &Path) -> Result<Table> {
+        if path.exists() {
+            Table::read(path)
+        } else {
+            Ok(Table::default())
+        }
     }
 
     pub fn malicious(&self) -> Vec<bool> {

@@ -399,6 +399,8 @@ pub struct ArmOutcome {
     pub easy_scores: Vec<f64>,
     /// Scores on the dev hard split (empty without one).
     pub dev_scores: Vec<f64>,
+    /// Scores on the time-split test (empty without one).
+    pub time_scores: Vec<f64>,
     /// The classifier's stored threshold (validation FPR target).
     pub threshold: f64,
     pub classifier_dir: PathBuf,
@@ -458,15 +460,19 @@ pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
         stream: Table::read(&data.dir.join(datasets::TRUTH))?,
         hard: Table::read(&data.dir.join(datasets::HARD_TEST))?,
         easy: Table::read(&data.dir.join(datasets::EASY_TEST))?,
-        dev: {
-            let path = data.dir.join(datasets::HARD_DEV);
-            if path.exists() {
-                Table::read(&path)?
-            } else {
-                Table::default()
-            }
-        },
+        dev: Table::read_if_written(&data.dir.join(datasets::HARD_DEV))?,
+        time: Table::read_if_written(&data.dir.join(datasets::TIME_TEST))?,
     };
+    // More labels than stream lines: every arm would label the whole stream (the upper
+    // bound's job); say so before any training.
+    if cfg.select.budget > tables.stream.cmd.len() {
+        return Err(Error::input(format!(
+            "[select] budget = {} exceeds the stream's {} unique lines: lower the budget or \
+             grow the stream ([data] stream_common_lines, tail sources)",
+            cfg.select.budget,
+            tables.stream.cmd.len()
+        )));
+    }
     let mut outcomes = Vec::new();
     let mut written = PathBuf::new();
     for (i, &seed) in cfg.seeds.iter().enumerate() {
@@ -1020,6 +1026,7 @@ impl Runner<'_> {
                 hard: score(&tables.hard),
                 easy: score(&tables.easy),
                 dev: score(&tables.dev),
+                time: score(&tables.time),
                 threshold: model.threshold.threshold,
             };
             table::write_atomic(
@@ -1037,6 +1044,7 @@ impl Runner<'_> {
             hard_scores: scores.hard,
             easy_scores: scores.easy,
             dev_scores: scores.dev,
+            time_scores: scores.time,
             threshold: scores.threshold,
             classifier_dir: model_dir,
         })
@@ -1108,6 +1116,8 @@ struct TestScores {
     easy: Vec<f64>,
     #[serde(default)]
     dev: Vec<f64>,
+    #[serde(default)]
+    time: Vec<f64>,
     threshold: f64,
 }
 
@@ -1118,6 +1128,8 @@ struct Tables {
     easy: Table,
     /// The dev hard split; empty when the config has none.
     dev: Table,
+    /// The time-split test; empty when the config has none.
+    time: Table,
 }
 
 /// What the arms select with: the detectors' scores of the stream and the baseline

@@ -4,8 +4,9 @@
 
 use super::datasets::Table;
 use super::{Arm, ArmOutcome, DataOutputs, ExperimentConfig, LabelerKind};
+use crate::data::has_placeholder;
 use crate::error::Result;
-use crate::evaluate::{Report, ReportOptions, RocCurve};
+use crate::evaluate::{Interval, Report, ReportOptions, RocCurve, paired_auc_gain};
 use crate::io::table::write_atomic;
 use crate::vocab::Label;
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,15 @@ pub struct RunResult {
     /// On the dev hard split, when the data has one.
     #[serde(default)]
     pub dev: Option<TestMetrics>,
+    /// On the time-split test, when the data has one.
+    #[serde(default)]
+    pub time: Option<TestMetrics>,
+    /// On the lines of the hard / time-split test without unexpanded variables (the same
+    /// rule for every class: `data::has_placeholder`), when both classes remain.
+    #[serde(default)]
+    pub hard_plain: Option<TestMetrics>,
+    #[serde(default)]
+    pub time_plain: Option<TestMetrics>,
     pub classifier_dir: PathBuf,
 }
 
@@ -117,7 +127,36 @@ pub struct ArmSummary {
     pub auc_dev: Option<Spread>,
     #[serde(default)]
     pub auc_dev_gain: Option<Spread>,
+    /// The time-split test (when the data has one): AUC, paired gain, TPR at FPR 1e-3.
+    #[serde(default)]
+    pub auc_time: Option<Spread>,
+    #[serde(default)]
+    pub auc_time_gain: Option<Spread>,
+    #[serde(default)]
+    pub tpr_at_fpr_1e3_time: Option<Spread>,
+    /// AUC on the lines without unexpanded variables.
+    #[serde(default)]
+    pub auc_hard_plain: Option<Spread>,
+    #[serde(default)]
+    pub auc_time_plain: Option<Spread>,
+    /// 95 % bootstrap intervals (test lines and seeds, paired by seed) of the AUC gain over
+    /// the baseline and over the random control.
+    #[serde(default)]
+    pub gain_ci: GainIntervals,
 }
+
+/// Paired-bootstrap intervals of an arm's AUC difference; `None` where it does not apply.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GainIntervals {
+    pub hard_vs_baseline: Option<Interval>,
+    pub hard_vs_random: Option<Interval>,
+    pub time_vs_baseline: Option<Interval>,
+    pub time_vs_random: Option<Interval>,
+}
+
+/// Resamples of every gain interval: enough for stable 2.5 % / 97.5 % quantiles, cheap
+/// enough to recompute after every seed.
+const GAIN_RESAMPLES: usize = 1000;
 
 /// `report/results.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -145,6 +184,11 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
         .filter(|r| r.arm == Arm::Baseline)
         .filter_map(|r| Some((r.seed, r.dev.as_ref()?.roc_auc)))
         .collect();
+    let baseline_time: BTreeMap<u64, f64> = runs
+        .iter()
+        .filter(|r| r.arm == Arm::Baseline)
+        .filter_map(|r| Some((r.seed, r.time.as_ref()?.roc_auc)))
+        .collect();
     keys.into_iter()
         .map(|(arm, labeler)| {
             let rs: Vec<&RunResult> = runs
@@ -153,6 +197,12 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
                 .collect();
             let s = |f: &dyn Fn(&RunResult) -> f64| {
                 Spread::of(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
+            // A spread over an optional test: only when every run of the arm has it.
+            let opt = |get: &dyn Fn(&RunResult) -> Option<f64>| {
+                rs.iter()
+                    .all(|r| get(r).is_some())
+                    .then(|| s(&|r| get(r).unwrap_or(f64::NAN)))
             };
             ArmSummary {
                 arm,
@@ -182,9 +232,101 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
                             - baseline_dev.get(&r.seed).copied().unwrap_or(f64::NAN)
                     })
                 }),
+                auc_time: opt(&|r| Some(r.time.as_ref()?.roc_auc)),
+                auc_time_gain: opt(&|r| {
+                    Some(r.time.as_ref()?.roc_auc - baseline_time.get(&r.seed)?)
+                }),
+                tpr_at_fpr_1e3_time: opt(&|r| Some(r.time.as_ref()?.tpr_at_fpr_1e3)),
+                auc_hard_plain: opt(&|r| Some(r.hard_plain.as_ref()?.roc_auc)),
+                auc_time_plain: opt(&|r| Some(r.time_plain.as_ref()?.roc_auc)),
+                gain_ci: GainIntervals::default(),
             }
         })
         .collect()
+}
+
+/// The lines of a test set without unexpanded variables, when both classes remain.
+struct PlainSubset {
+    keep: Vec<usize>,
+    labels: Vec<bool>,
+}
+
+impl PlainSubset {
+    fn of(t: &Table) -> Option<PlainSubset> {
+        let keep: Vec<usize> = (0..t.cmd.len())
+            .filter(|&i| !has_placeholder(&t.cmd[i]))
+            .collect();
+        let labels: Vec<bool> = keep
+            .iter()
+            .map(|&i| t.label[i] == Some(Label::Malicious))
+            .collect();
+        (labels.contains(&true) && labels.contains(&false)).then_some(PlainSubset { keep, labels })
+    }
+}
+
+trait SubsetMetrics {
+    fn metrics(&self, scores: &[f64], threshold: f64) -> Result<Option<TestMetrics>>;
+}
+
+impl SubsetMetrics for Option<PlainSubset> {
+    fn metrics(&self, scores: &[f64], threshold: f64) -> Result<Option<TestMetrics>> {
+        let Some(sub) = self else { return Ok(None) };
+        if sub.keep.last().is_some_and(|&i| i >= scores.len()) {
+            return Ok(None); // scores of an older run, before this test existed
+        }
+        let picked: Vec<f64> = sub.keep.iter().map(|&i| scores[i]).collect();
+        test_metrics(&picked, &sub.labels, threshold).map(Some)
+    }
+}
+
+/// Each arm's paired-bootstrap intervals against the baseline and the random control, on the
+/// hard and the time-split test, over the seeds both have (same labeler for the control).
+fn add_gain_intervals(
+    arms: &mut [ArmSummary],
+    outcomes: &[ArmOutcome],
+    hard_labels: &[bool],
+    time_labels: &[bool],
+) -> Result<()> {
+    let scores_of = |arm: Arm, labeler: Option<LabelerKind>| -> BTreeMap<u64, &ArmOutcome> {
+        outcomes
+            .iter()
+            .filter(|o| o.arm == arm && (arm == Arm::Baseline || o.labeler == labeler))
+            .map(|o| (o.seed, o))
+            .collect()
+    };
+    let interval = |a: &BTreeMap<u64, &ArmOutcome>,
+                    b: &BTreeMap<u64, &ArmOutcome>,
+                    labels: &[bool],
+                    pick: fn(&ArmOutcome) -> &[f64]|
+     -> Result<Option<Interval>> {
+        let pairs: Vec<(&[f64], &[f64])> = a
+            .iter()
+            .filter_map(|(seed, x)| Some((pick(x), pick(b.get(seed)?))))
+            .filter(|(x, y)| x.len() == labels.len() && y.len() == labels.len())
+            .collect();
+        if pairs.is_empty() || labels.is_empty() {
+            return Ok(None);
+        }
+        paired_auc_gain(&pairs, labels, 0.95, GAIN_RESAMPLES, 0x5eed).map(Some)
+    };
+    for a in arms.iter_mut().filter(|a| a.arm != Arm::Baseline) {
+        let mine = scores_of(a.arm, a.labeler);
+        let base = scores_of(Arm::Baseline, None);
+        let random = scores_of(Arm::Random, a.labeler);
+        fn hard(o: &ArmOutcome) -> &[f64] {
+            &o.hard_scores
+        }
+        fn time(o: &ArmOutcome) -> &[f64] {
+            &o.time_scores
+        }
+        a.gain_ci.hard_vs_baseline = interval(&mine, &base, hard_labels, hard)?;
+        a.gain_ci.time_vs_baseline = interval(&mine, &base, time_labels, time)?;
+        if a.arm != Arm::Random {
+            a.gain_ci.hard_vs_random = interval(&mine, &random, hard_labels, hard)?;
+            a.gain_ci.time_vs_random = interval(&mine, &random, time_labels, time)?;
+        }
+    }
+    Ok(())
 }
 
 fn name_of(arm: Arm, labeler: Option<LabelerKind>) -> String {
@@ -203,12 +345,22 @@ pub(super) fn write(
     tables: &super::Tables,
     outcomes: &[ArmOutcome],
 ) -> Result<PathBuf> {
-    let (hard, easy, dev) = (&tables.hard, &tables.easy, &tables.dev);
+    let (hard, easy, dev, time) = (&tables.hard, &tables.easy, &tables.dev, &tables.time);
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::Error::runtime(format!("cannot create {}: {e}", dir.display())))?;
     let hard_labels = hard.malicious();
     let easy_labels = easy.malicious();
     let dev_labels = dev.malicious();
+    let time_labels = time.malicious();
+    let hard_plain = PlainSubset::of(hard);
+    let time_plain = PlainSubset::of(time);
+    // Metrics of an optional test: None when the data has none or the scores predate it.
+    let optional = |scores: &[f64], labels: &[bool], threshold: f64| -> Result<_> {
+        if labels.is_empty() || scores.len() != labels.len() {
+            return Ok(None);
+        }
+        test_metrics(scores, labels, threshold).map(Some)
+    };
     let mut runs = Vec::new();
     for o in outcomes {
         runs.push(RunResult {
@@ -218,42 +370,53 @@ pub(super) fn write(
             labels: o.labels.clone(),
             hard: test_metrics(&o.hard_scores, &hard_labels, o.threshold)?,
             easy: test_metrics(&o.easy_scores, &easy_labels, o.threshold)?,
-            dev: if dev_labels.is_empty() || o.dev_scores.len() != dev_labels.len() {
-                None
-            } else {
-                Some(test_metrics(&o.dev_scores, &dev_labels, o.threshold)?)
-            },
+            dev: optional(&o.dev_scores, &dev_labels, o.threshold)?,
+            time: optional(&o.time_scores, &time_labels, o.threshold)?,
+            hard_plain: hard_plain.metrics(&o.hard_scores, o.threshold)?,
+            time_plain: time_plain.metrics(&o.time_scores, o.threshold)?,
             classifier_dir: o.classifier_dir.clone(),
         });
     }
-    let arms = summarize(&runs);
+    let mut arms = summarize(&runs);
+    add_gain_intervals(&mut arms, outcomes, &hard_labels, &time_labels)?;
 
     // ROC plots and per-source breakdowns for the first seed, every arm on one chart.
     let first = cfg.seeds[0];
     let mut plots = Vec::new();
-    for (title, slug, table, labels, pick) in [
+    type Pick = fn(&ArmOutcome) -> &Vec<f64>;
+    let tests: [(&str, &str, &Table, &Vec<bool>, Pick); 3] = [
         (
             "hard test: rare benign lines vs malicious lines of unseen techniques",
             "hard",
             hard,
             &hard_labels,
-            0,
+            |o| &o.hard_scores,
         ),
         (
             "easy test: held out like the baseline",
             "easy",
             easy,
             &easy_labels,
-            1,
+            |o| &o.easy_scores,
         ),
-    ] {
+        (
+            "time-split test: later tail lines of the stream's sources vs unseen attacks",
+            "time",
+            time,
+            &time_labels,
+            |o| &o.time_scores,
+        ),
+    ];
+    for (title, slug, table, labels, pick) in tests {
+        if labels.is_empty() {
+            continue; // no time-split test in this config
+        }
         let mut report = Report::new(format!("{title} (seed {first})"), ReportOptions::default());
         for o in outcomes.iter().filter(|o| o.seed == first) {
-            let scores = if pick == 0 {
-                &o.hard_scores
-            } else {
-                &o.easy_scores
-            };
+            let scores = pick(o);
+            if scores.len() != labels.len() {
+                continue;
+            }
             report.add(
                 &name_of(o.arm, o.labeler),
                 scores,
@@ -304,6 +467,13 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
         sources(hard, Label::Benign),
         count(hard, Label::Malicious)
     );
+    if let Some(cut) = &cfg.data.time_split {
+        let _ = writeln!(
+            m,
+            "- time-split test: tail lines of the stream's sources first seen on or after {cut} \
+             (see its section below)"
+        );
+    }
     let _ = writeln!(
         m,
         "- easy test: {} benign, {} malicious, held out by near-duplicate cluster from the baseline's own sources",
@@ -333,7 +503,7 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
     );
     let _ = writeln!(
         m,
-        "| arm | labels spent | benign lines added (new) | AUC hard | Δ AUC hard (paired) | AUC easy | TPR at FPR 1e-3, hard | TPR at FPR 1e-3, easy | FPR on rare benign at TPR 0.9 | FPR on rare benign at the stored threshold |"
+        "| arm | labels spent | benign lines added (new) | AUC hard | Δ AUC hard (paired) [95 % CI] | AUC easy | TPR at FPR 1e-3, hard | TPR at FPR 1e-3, easy | FPR on rare benign at TPR 0.9 | FPR on rare benign at the stored threshold |"
     );
     let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|");
     for a in &r.arms {
@@ -348,7 +518,11 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
             if a.arm == Arm::Baseline {
                 "".to_string()
             } else {
-                signed(&a.auc_hard_gain)
+                format!(
+                    "{}{}",
+                    signed(&a.auc_hard_gain),
+                    ci(a.gain_ci.hard_vs_baseline.as_ref())
+                )
             },
             a.auc_easy.show(4),
             a.tpr_at_fpr_1e3_hard.show(3),
@@ -356,6 +530,121 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
             a.fpr_rare_benign_at_tpr_090.show(3),
             a.fpr_rare_benign_at_stored_threshold.show(3),
         );
+    }
+    if r.arms.iter().any(|a| a.auc_time.is_some()) {
+        let time = r.runs.iter().find_map(|x| x.time.as_ref());
+        let _ = writeln!(
+            m,
+            "\n### Time-split test\n\n{} lines ({} malicious): tail lines of the stream's own \
+             sources first seen on or after {} (the stream holds only earlier lines), against \
+             the hard test's unseen attacks. The source work's setting; the hard test above is \
+             the harder \"new environment\" case.\n",
+            time.map_or(0, |d| d.lines),
+            time.map_or(0, |d| d.malicious),
+            cfg.data.time_split.as_deref().unwrap_or("?")
+        );
+        let _ = writeln!(
+            m,
+            "| arm | AUC time | Δ vs baseline [95 % CI] | Δ vs random control [95 % CI] | gap closed | TPR at FPR 1e-3 |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|---|---|");
+        let upper = r
+            .arms
+            .iter()
+            .find(|a| a.arm == Arm::OracleAll)
+            .and_then(|a| a.auc_time_gain);
+        for a in &r.arms {
+            let (Some(auc), Some(gain)) = (&a.auc_time, &a.auc_time_gain) else {
+                continue;
+            };
+            let not_base = a.arm != Arm::Baseline;
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} |",
+                name_of(a.arm, a.labeler),
+                auc.show(3),
+                if not_base {
+                    format!(
+                        "{}{}",
+                        signed(gain),
+                        ci(a.gain_ci.time_vs_baseline.as_ref())
+                    )
+                } else {
+                    String::new()
+                },
+                with_ci(a.gain_ci.time_vs_random.as_ref()),
+                gap_closed(not_base, gain, upper.as_ref()),
+                a.tpr_at_fpr_1e3_time.map_or(String::new(), |t| t.show(3)),
+            );
+        }
+    }
+    if r.arms.iter().any(|a| a.gain_ci.hard_vs_random.is_some()) {
+        let _ = writeln!(
+            m,
+            "\n### Against the random control (hard test)\n\nThe same label budget spent on \
+             randomly chosen stream lines: an arm helps beyond \"more benign data\" only where \
+             this interval lies above zero.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| arm | Δ AUC hard vs random [95 % CI] | gap closed (hard) |"
+        );
+        let _ = writeln!(m, "|---|---|---|");
+        let upper = r
+            .arms
+            .iter()
+            .find(|a| a.arm == Arm::OracleAll)
+            .map(|a| a.auc_hard_gain);
+        for a in &r.arms {
+            if let Some(iv) = &a.gain_ci.hard_vs_random {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} |",
+                    name_of(a.arm, a.labeler),
+                    with_ci(Some(iv)),
+                    gap_closed(true, &a.auc_hard_gain, upper.as_ref())
+                );
+            }
+        }
+    }
+    if r.arms
+        .iter()
+        .any(|a| a.auc_hard_plain.is_some() || a.auc_time_plain.is_some())
+    {
+        let show = |s: &Option<Spread>| s.map_or("-".to_string(), |s| s.show(3));
+        let plain = |f: fn(&RunResult) -> Option<&TestMetrics>| {
+            r.runs
+                .iter()
+                .find_map(|x| f(x))
+                .map_or("-".to_string(), |t| {
+                    format!("{} lines, {} malicious", t.lines, t.malicious)
+                })
+        };
+        let _ = writeln!(
+            m,
+            "\n### Without unexpanded variables\n\nScripts carry `$dir`, `%PREFIX%`, \
+             `{{{{ x }}}}`; telemetry shows them expanded, so a model could learn \"has a \
+             variable, so benign\". The same tests restricted, in every class alike, to lines \
+             without any (`data::has_placeholder`): hard {}; time-split {}.\n",
+            plain(|x| x.hard_plain.as_ref()),
+            plain(|x| x.time_plain.as_ref()),
+        );
+        let _ = writeln!(
+            m,
+            "| arm | AUC hard | AUC hard, no variables | AUC time | AUC time, no variables |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|---|");
+        for a in &r.arms {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} |",
+                name_of(a.arm, a.labeler),
+                a.auc_hard.show(3),
+                show(&a.auc_hard_plain),
+                show(&a.auc_time),
+                show(&a.auc_time_plain),
+            );
+        }
     }
     if r.arms.iter().any(|a| a.auc_dev.is_some()) {
         let dev_lines = r.runs.iter().find_map(|x| x.dev.as_ref());
@@ -456,13 +745,40 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
     let _ = writeln!(
         m,
         "\nROC curves and per-source breakdowns of the first seed: [hard](hard/report.md) \
-         ([ROC](hard/roc.svg)), [easy](easy/report.md) ([ROC](easy/roc.svg)).\n"
+         ([ROC](hard/roc.svg)), [easy](easy/report.md) ([ROC](easy/roc.svg)){}.\n",
+        if cfg.data.time_split.is_some() {
+            ", [time-split](time/report.md) ([ROC](time/roc.svg))"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(m, "## Reading the numbers\n");
     for line in conclusions(r) {
         let _ = writeln!(m, "- {line}");
     }
     m
+}
+
+/// ` [lower, upper]` of an interval, or nothing.
+fn ci(iv: Option<&Interval>) -> String {
+    iv.map_or(String::new(), |iv| {
+        format!(" [{:+.3}, {:+.3}]", iv.lower, iv.upper)
+    })
+}
+
+/// `estimate [lower, upper]`, or nothing.
+fn with_ci(iv: Option<&Interval>) -> String {
+    iv.map_or(String::new(), |iv| {
+        format!("{:+.3}{}", iv.estimate, ci(Some(iv)))
+    })
+}
+
+/// The share of the baseline-to-upper-bound gap an arm's mean gain closes.
+fn gap_closed(applies: bool, gain: &Spread, upper: Option<&Spread>) -> String {
+    match upper {
+        Some(u) if applies && u.mean > 0.0 => format!("{:.0} %", 100.0 * gain.mean / u.mean),
+        _ => String::new(),
+    }
 }
 
 fn signed(s: &super::report::Spread) -> String {
@@ -524,6 +840,36 @@ fn conclusions(r: &Results) -> Vec<String> {
         }
         let _ = write!(s, "; easy-test AUC {}.", a.auc_easy.show(4));
         out.push(s);
+    }
+    // The time-split test, where there is one: which arms' gains are beyond chance.
+    if base.auc_time.is_some() {
+        let mut beyond = Vec::new();
+        let mut not = Vec::new();
+        for a in r.arms.iter().filter(|a| {
+            !matches!(a.arm, Arm::Baseline | Arm::OracleAll | Arm::Random)
+                && a.labeler != Some(LabelerKind::Llm)
+        }) {
+            match &a.gain_ci.time_vs_random {
+                Some(iv) if iv.lower > 0.0 => beyond.push(a.arm.title()),
+                Some(_) => not.push(a.arm.title()),
+                None => {}
+            }
+        }
+        out.push(format!(
+            "Time-split test: baseline AUC {}; arms above the random control beyond their 95 % \
+             interval: {}; arms within or below it: {}.",
+            base.auc_time.map_or(String::new(), |t| t.show(3)),
+            if beyond.is_empty() {
+                "none".to_string()
+            } else {
+                beyond.join(", ")
+            },
+            if not.is_empty() {
+                "none".to_string()
+            } else {
+                not.join(", ")
+            },
+        ));
     }
     if let Some(rc) = random {
         out.push(format!(
