@@ -201,7 +201,55 @@ pub struct LabelStage {
     /// Oracle noise: precision of its benign / malicious verdicts (1 = exact).
     pub oracle_benign_precision: Option<f64>,
     pub oracle_malicious_precision: Option<f64>,
+    /// Oracle noise as a real labeler's per-class rates (instead of the precisions): the
+    /// share of benign lines it accepts and of malicious lines it lets through as benign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle_rates: Option<OracleRates>,
+    /// The same rates read from a calibration file (`longtail label --calibrate`), at its
+    /// fitted threshold: full-scale runs then emulate that labeler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle_rates_from: Option<PathBuf>,
     pub llm: Option<LlmStage>,
+}
+
+/// A labeler's measured acceptance rates, for the oracle's noise model.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleRates {
+    pub benign_recall: f64,
+    pub malicious_leak: f64,
+}
+
+impl LabelStage {
+    /// The oracle's rate noise model, from `oracle_rates` or the calibration file.
+    fn oracle_rates(&self) -> Result<Option<OracleRates>> {
+        match (&self.oracle_rates, &self.oracle_rates_from) {
+            (Some(_), Some(_)) => Err(Error::input(
+                "[label] has both oracle_rates and oracle_rates_from: keep one",
+            )),
+            (Some(r), None) => Ok(Some(*r)),
+            (None, Some(path)) => {
+                let cal = label::Calibration::load(path)?;
+                let row = cal.benign_threshold.and_then(|t| {
+                    cal.thresholds
+                        .iter()
+                        .find(|r| (r.threshold - t).abs() < 1e-12)
+                });
+                let Some(row) = row else {
+                    return Err(Error::input(format!(
+                        "calibration {} has no fitted threshold (no threshold reached its \
+                         precision target): there are no rates to emulate",
+                        path.display()
+                    )));
+                };
+                Ok(Some(OracleRates {
+                    benign_recall: row.benign_recall,
+                    malicious_leak: row.malicious_leak,
+                }))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl Default for LabelStage {
@@ -210,6 +258,8 @@ impl Default for LabelStage {
             labelers: vec![LabelerKind::Oracle],
             oracle_benign_precision: None,
             oracle_malicious_precision: None,
+            oracle_rates: None,
+            oracle_rates_from: None,
             llm: None,
         }
     }
@@ -286,6 +336,17 @@ impl ExperimentConfig {
         }
         if self.select.budget == 0 {
             return Err(Error::input("[select] budget must be at least 1"));
+        }
+        if let Some(r) = self.label.oracle_rates()? {
+            // Checks the rates, and that no precision is set beside them.
+            OracleLabeler::from_labels(
+                Default::default(),
+                "config",
+                self.label.oracle_benign_precision,
+                self.label.oracle_malicious_precision,
+                0,
+            )?
+            .with_rates(r.benign_recall, r.malicious_leak)?;
         }
         if self.label.labelers.is_empty() {
             return Err(Error::input("[label] labelers is empty: use [\"oracle\"]"));
@@ -726,10 +787,17 @@ impl Runner<'_> {
     ) -> Result<(PathBuf, LabelSummary, String)> {
         let cfg = self.cfg;
         let labeler_cfg = match labeler_kind {
-            LabelerKind::Oracle => key_of(&(
-                cfg.label.oracle_benign_precision,
-                cfg.label.oracle_malicious_precision,
-            )),
+            LabelerKind::Oracle => match cfg.label.oracle_rates()? {
+                None => key_of(&(
+                    cfg.label.oracle_benign_precision,
+                    cfg.label.oracle_malicious_precision,
+                )),
+                Some(rates) => key_of(&(
+                    cfg.label.oracle_benign_precision,
+                    cfg.label.oracle_malicious_precision,
+                    rates,
+                )),
+            },
             LabelerKind::Llm => key_of(&cfg.label.llm),
         };
         let selection_key = match (arm.detector(), arm.uses_baseline_scores()) {
@@ -898,13 +966,17 @@ impl Runner<'_> {
                     .zip(&stream.label)
                     .filter_map(|(c, l)| l.map(|k| (c.clone(), k)))
                     .collect();
-                Box::new(OracleLabeler::from_labels(
+                let oracle = OracleLabeler::from_labels(
                     known,
                     "stream_truth",
                     cfg.label.oracle_benign_precision,
                     cfg.label.oracle_malicious_precision,
                     seed,
-                )?)
+                )?;
+                Box::new(match cfg.label.oracle_rates()? {
+                    Some(r) => oracle.with_rates(r.benign_recall, r.malicious_leak)?,
+                    None => oracle,
+                })
             }
             LabelerKind::Llm => {
                 let llm = cfg.label.llm.as_ref().expect("validated");

@@ -7,6 +7,15 @@
 //! that are truly malicious. Given the candidates' true counts (nb benign, nm malicious), the
 //! oracle flips exactly enough labels to reach P and Q (up to rounding), choosing which ones
 //! with a seeded shuffle, so a run is reproducible and independent of input order.
+//!
+//! Or, with [`OracleLabeler::with_rates`], by the two per-class rates a calibration measures
+//! for a real labeler at its threshold (`longtail label --calibrate`): the share of benign lines
+//! it accepts as benign (benign recall) and the share of malicious lines it lets through as
+//! benign (malicious leak). The oracle then answers exactly round(recall x nb) of the benign
+//! candidates benign and round(leak x nm) of the malicious ones benign; the other benign lines
+//! are answered malicious, which stands for "not accepted" (a real labeler's `uncertain` or
+//! `malicious`: either way to review, never to augmentation). Rates, unlike precisions, do not
+//! depend on the selection's class mix, so one calibration emulates the labeler on any arm.
 
 use super::{Answer, AskError, BoxFuture, Budget, Labeler, LabelerInfo};
 use crate::error::{Context, Error, Result};
@@ -36,6 +45,8 @@ pub struct OracleLabeler {
     benign_precision: f64,
     malicious_precision: f64,
     seed: u64,
+    /// `(benign recall, malicious leak)`: the rate noise model instead of the precisions.
+    rates: Option<(f64, f64)>,
     flipped: Mutex<HashSet<String>>,
     info: LabelerInfo,
 }
@@ -96,9 +107,34 @@ impl OracleLabeler {
             benign_precision: p,
             malicious_precision: q,
             seed,
+            rates: None,
             flipped: Mutex::new(HashSet::new()),
             info,
         })
+    }
+
+    /// The rate noise model (module docs): accept `benign_recall` of the benign candidates
+    /// and let `malicious_leak` of the malicious ones through as benign. Replaces the
+    /// precisions, which must then be exact (1).
+    pub fn with_rates(mut self, benign_recall: f64, malicious_leak: f64) -> Result<Self> {
+        if self.benign_precision < 1.0 || self.malicious_precision < 1.0 {
+            return Err(Error::input(
+                "the oracle takes either precisions or rates (benign recall, malicious leak), \
+                 not both: drop one of them",
+            ));
+        }
+        if !(benign_recall > 0.0 && benign_recall <= 1.0) || !(0.0..1.0).contains(&malicious_leak) {
+            return Err(Error::input(format!(
+                "oracle rates: benign recall must be in (0, 1] and malicious leak in [0, 1), got \
+                 {benign_recall} and {malicious_leak}"
+            )));
+        }
+        self.rates = Some((benign_recall, malicious_leak));
+        self.info.model = format!(
+            "oracle(benign_recall={benign_recall},malicious_leak={malicious_leak},seed={})",
+            self.seed
+        );
+        Ok(self)
     }
 
     /// The true label of `cmd`, if the file has one.
@@ -135,13 +171,22 @@ impl Labeler for OracleLabeler {
         benign.sort();
         malicious.sort();
         let (nb, nm) = (benign.len() as f64, malicious.len() as f64);
-        let rp = (1.0 - self.benign_precision) / self.benign_precision;
-        let rq = (1.0 - self.malicious_precision) / self.malicious_precision;
-        let det = 1.0 - rp * rq; // > 0 because p + q > 1
-        // Solve: kept_b + rq * kept_m = nb and rp * kept_b + kept_m = nm, where kept_b / kept_m
-        // are the true benign / malicious lines that keep their label.
-        let kept_b = ((nb - rq * nm) / det).round().clamp(0.0, nb) as usize;
-        let kept_m = ((nm - rp * nb) / det).round().clamp(0.0, nm) as usize;
+        let (kept_b, kept_m) = if let Some((recall, leak)) = self.rates {
+            (
+                (recall * nb).round() as usize,
+                ((1.0 - leak) * nm).round() as usize,
+            )
+        } else {
+            let rp = (1.0 - self.benign_precision) / self.benign_precision;
+            let rq = (1.0 - self.malicious_precision) / self.malicious_precision;
+            let det = 1.0 - rp * rq; // > 0 because p + q > 1
+            // Solve: kept_b + rq * kept_m = nb and rp * kept_b + kept_m = nm, where kept_b /
+            // kept_m are the true benign / malicious lines that keep their label.
+            (
+                ((nb - rq * nm) / det).round().clamp(0.0, nb) as usize,
+                ((nm - rp * nb) / det).round().clamp(0.0, nm) as usize,
+            )
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
         benign.shuffle(&mut rng);
         malicious.shuffle(&mut rng);
@@ -157,7 +202,11 @@ impl Labeler for OracleLabeler {
                 good as f64 / (good + bad) as f64
             }
         };
-        if fb + fm > 0 || self.benign_precision < 1.0 || self.malicious_precision < 1.0 {
+        if fb + fm > 0
+            || self.rates.is_some()
+            || self.benign_precision < 1.0
+            || self.malicious_precision < 1.0
+        {
             tracing::info!(
                 "oracle noise: {} benign and {} malicious candidates with labels; {fm} malicious \
                  answered benign, {fb} benign answered malicious; benign-verdict precision \
@@ -248,4 +297,63 @@ pub fn read_labels(path: &Path) -> Result<HashMap<String, Label>> {
         )));
     }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oracle(nb: usize, nm: usize) -> (OracleLabeler, Vec<String>) {
+        let mut labels = HashMap::new();
+        let mut cmds = Vec::new();
+        for i in 0..nb {
+            labels.insert(format!("benign {i}"), Label::Benign);
+            cmds.push(format!("benign {i}"));
+        }
+        for i in 0..nm {
+            labels.insert(format!("malicious {i}"), Label::Malicious);
+            cmds.push(format!("malicious {i}"));
+        }
+        (
+            OracleLabeler::from_labels(labels, "test", None, None, 3).unwrap(),
+            cmds,
+        )
+    }
+
+    #[test]
+    fn rates_accept_that_share_of_benign_lines_and_leak_that_share_of_malicious_ones() {
+        let (o, cmds) = oracle(200, 50);
+        let o = o.with_rates(0.6, 0.1).unwrap();
+        o.prepare(&cmds).unwrap();
+        let said_benign = |prefix: &str| {
+            cmds.iter()
+                .filter(|c| c.starts_with(prefix))
+                .filter(|c| o.answer_for(c) == Some(Label::Benign))
+                .count()
+        };
+        assert_eq!(said_benign("benign"), 120);
+        assert_eq!(said_benign("malicious"), 5);
+        assert!(o.info().model.contains("benign_recall=0.6"));
+        // The same rates on a selection with another class mix: the same shares.
+        let (o, cmds) = oracle(40, 160);
+        let o = o.with_rates(0.6, 0.1).unwrap();
+        o.prepare(&cmds).unwrap();
+        let n = |p: &str| {
+            cmds.iter()
+                .filter(|c| c.starts_with(p) && o.answer_for(c) == Some(Label::Benign))
+                .count()
+        };
+        assert_eq!((n("benign"), n("malicious")), (24, 16));
+    }
+
+    #[test]
+    fn rates_are_checked_and_exclusive_with_precisions() {
+        let (o, _) = oracle(1, 1);
+        assert!(o.with_rates(0.0, 0.1).is_err());
+        let (o, _) = oracle(1, 1);
+        assert!(o.with_rates(0.5, 1.0).is_err());
+        let noisy = OracleLabeler::from_labels(HashMap::new(), "t", Some(0.9), None, 1).unwrap();
+        let err = noisy.with_rates(0.5, 0.1).err().unwrap().to_string();
+        assert!(err.contains("not both"), "{err}");
+    }
 }
