@@ -123,7 +123,8 @@ impl OracleLabeler {
                  not both: drop one of them",
             ));
         }
-        if !(benign_recall > 0.0 && benign_recall <= 1.0) || !(0.0..1.0).contains(&malicious_leak) {
+        let recall_ok = benign_recall > 0.0 && benign_recall <= 1.0;
+        if !recall_ok || !(0.0..1.0).contains(&malicious_leak) {
             return Err(Error::input(format!(
                 "oracle rates: benign recall must be in (0, 1] and malicious leak in [0, 1), got \
                  {benign_recall} and {malicious_leak}"
