@@ -696,8 +696,25 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
             arm.arm != experiment::Arm::Random
         );
     }
+    // Coverage of the later tail, per arm of the first seed, from the lines each arm added.
+    assert_eq!(results.coverage.len(), cfg.arms.len() - 1);
+    for c in &results.coverage {
+        assert_eq!(c.test, "time");
+        assert!(c.covered <= c.test_benign && c.test_benign > 0, "{c:?}");
+        let run = results
+            .runs
+            .iter()
+            .find(|r| r.seed == 1 && r.arm == c.arm)
+            .unwrap();
+        assert_eq!(c.added, run.labels.as_ref().unwrap().augmented, "{c:?}");
+        assert_eq!(
+            c.added_by_source.iter().map(|(_, n)| n).sum::<usize>(),
+            c.added
+        );
+    }
     let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
     for part in [
+        "## What the added lines cover (first seed)",
         "### Time-split test",
         "Δ vs random control [95 % CI]",
         "### Against the random control (hard test)",

@@ -167,7 +167,32 @@ pub struct Results {
     pub data: super::datasets::DataSummary,
     pub runs: Vec<RunResult>,
     pub arms: Vec<ArmSummary>,
+    /// What each arm's added lines cover of the later tail (first seed).
+    #[serde(default)]
+    pub coverage: Vec<Coverage>,
 }
+
+/// How representative one arm's augmentation is of the test's rare benign lines: a selection
+/// that beats random should cover more of them, and from the right sources.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Coverage {
+    pub arm: Arm,
+    pub labeler: Option<LabelerKind>,
+    /// The test measured: `time` (the time-split test) or `hard`.
+    pub test: String,
+    /// Benign lines the arm added to training.
+    pub added: usize,
+    /// The test's benign lines, and how many share a near-duplicate cluster (Jaccard
+    /// >= [`COVERAGE_JACCARD`] on byte shingles) with an added line.
+    pub test_benign: usize,
+    pub covered: usize,
+    /// Added lines by stream source, most first.
+    pub added_by_source: Vec<(String, usize)>,
+}
+
+/// The similarity at which an added line "covers" a test line: looser than deduplication
+/// (0.8), so that a line of the same command family with other arguments counts.
+pub const COVERAGE_JACCARD: f64 = 0.5;
 
 fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
     let mut keys: Vec<(Arm, Option<LabelerKind>)> =
@@ -243,6 +268,76 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
             }
         })
         .collect()
+}
+
+/// [`Coverage`] of every arm of seed `first`, on the time-split test when there is one, else
+/// on the hard test.
+fn coverage(outcomes: &[ArmOutcome], first: u64, tables: &super::Tables) -> Result<Vec<Coverage>> {
+    let (test, name) = if tables.time.cmd.is_empty() {
+        (&tables.hard, "hard")
+    } else {
+        (&tables.time, "time")
+    };
+    let benign: Vec<&str> = (0..test.cmd.len())
+        .filter(|&i| test.label[i] == Some(Label::Benign))
+        .map(|i| test.cmd[i].as_str())
+        .collect();
+    let source_of: std::collections::HashMap<&str, &str> = tables
+        .stream
+        .cmd
+        .iter()
+        .zip(&tables.stream.source)
+        .map(|(c, s)| (c.as_str(), s.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.seed == first && o.arm != Arm::Baseline)
+    {
+        let Some(arm_dir) = o.classifier_dir.parent() else {
+            continue;
+        };
+        let path = arm_dir.join("labels").join("augment.parquet");
+        if !path.exists() {
+            continue;
+        }
+        let added: Vec<String> = crate::io::read_labeled(&[path], false)?
+            .into_iter()
+            .map(|r| r.cmd)
+            .collect();
+        let mut texts: Vec<&str> = benign.clone();
+        texts.extend(added.iter().map(String::as_str));
+        let clusters = crate::data::near_duplicate_clusters(
+            &texts,
+            &crate::data::MinHashConfig {
+                threshold: COVERAGE_JACCARD,
+                ..Default::default()
+            },
+        )?;
+        let reached: std::collections::HashSet<u32> =
+            clusters[benign.len()..].iter().copied().collect();
+        let covered = clusters[..benign.len()]
+            .iter()
+            .filter(|c| reached.contains(c))
+            .count();
+        let mut by_source: BTreeMap<String, usize> = BTreeMap::new();
+        for cmd in &added {
+            let source = source_of.get(cmd.as_str()).copied().unwrap_or("?");
+            *by_source.entry(source.to_string()).or_default() += 1;
+        }
+        let mut added_by_source: Vec<(String, usize)> = by_source.into_iter().collect();
+        added_by_source.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.push(Coverage {
+            arm: o.arm,
+            labeler: o.labeler,
+            test: name.to_string(),
+            added: added.len(),
+            test_benign: benign.len(),
+            covered,
+            added_by_source,
+        });
+    }
+    Ok(out)
 }
 
 /// The lines of a test set without unexpanded variables, when both classes remain.
@@ -428,6 +523,7 @@ pub(super) fn write(
         plots.push((slug, files));
     }
 
+    let coverage = coverage(outcomes, first, tables)?;
     let results = Results {
         name: cfg.name.clone(),
         command: command.to_string(),
@@ -435,6 +531,7 @@ pub(super) fn write(
         data: data.summary.clone(),
         runs,
         arms,
+        coverage,
     };
     write_atomic(
         &dir.join("results.json"),
@@ -720,6 +817,46 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
                 l.augmented_new,
                 l.augmented_truly_malicious,
                 roles.join(", ")
+            );
+        }
+    }
+
+    if !r.coverage.is_empty() {
+        let c0 = &r.coverage[0];
+        let test_name = if c0.test == "time" {
+            "time-split"
+        } else {
+            "hard"
+        };
+        let _ = writeln!(
+            m,
+            "\n## What the added lines cover (first seed)\n\nOf the {} benign lines of the \
+             {test_name} test, how many share a near-duplicate cluster (Jaccard >= {}) with a \
+             line the arm added; and where the added lines come from. A selection beats random \
+             only by teaching what the later tail looks like.\n",
+            c0.test_benign, COVERAGE_JACCARD
+        );
+        let _ = writeln!(
+            m,
+            "| arm | added | {test_name}-test benign lines covered | added lines by stream source |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|");
+        for c in &r.coverage {
+            let total = c.added.max(1) as f64;
+            let sources: Vec<String> = c
+                .added_by_source
+                .iter()
+                .take(5)
+                .map(|(s, n)| format!("{s} {:.0} %", 100.0 * *n as f64 / total))
+                .collect();
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} ({:.1} %) | {} |",
+                name_of(c.arm, c.labeler),
+                c.added,
+                c.covered,
+                100.0 * c.covered as f64 / c.test_benign.max(1) as f64,
+                sources.join(", ")
             );
         }
     }
