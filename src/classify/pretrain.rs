@@ -666,15 +666,18 @@ pub fn load_encoder(
             dir.display()
         )));
     }
-    let bundle: PretrainBundle = crate::io::read_json(&cfg_path, "pretraining config")?;
-    if bundle.format != FORMAT {
+    // The format first: a classifier's config.json is valid JSON of another shape.
+    let value: serde_json::Value = crate::io::read_json(&cfg_path, "pretraining config")?;
+    let format = value.get("format").and_then(|f| f.as_str()).unwrap_or("");
+    if format != FORMAT {
         return Err(Error::input(format!(
-            "{} has format {:?}, not a pretraining run ({FORMAT:?}); pass the directory that \
-             `longtail pretrain-classifier --out` wrote",
+            "{} has format {format:?}, not a pretraining run ({FORMAT:?}); pass the directory \
+             that `longtail pretrain-classifier --out` wrote",
             cfg_path.display(),
-            bundle.format
         )));
     }
+    let bundle: PretrainBundle = serde_json::from_value(value)
+        .input_ctx(|| format!("invalid pretraining config {}", cfg_path.display()))?;
     let diff = architecture_mismatch(&bundle.model, model);
     if !diff.is_empty() {
         return Err(Error::input(format!(
