@@ -10,3 +10,4 @@ mod experiment;
 mod ingest;
 mod label;
 mod label_llm;
+mod pretrain;

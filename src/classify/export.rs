@@ -45,6 +45,9 @@ pub fn export(model: &Path, out: &Path, name: Option<&str>) -> Result<()> {
     {
         *f = portable_path(f);
     }
+    if let Some(p) = bundle.config.pretrained.as_mut() {
+        *p = portable_path(&p.display().to_string()).into();
+    }
     super::write_bundle(out, &bundle)?;
     let classifier = Classifier {
         bundle,
@@ -126,6 +129,12 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
     );
     if let Some(init) = &b.init_from {
         s += &format!("- fine-tuned from {init}\n");
+    }
+    if let Some(p) = &b.config.pretrained {
+        s += &format!(
+            "- embedding and convolutions pretrained on unlabeled lines ({})\n",
+            p.display()
+        );
     }
     s += "\n## Training and validation\n\n";
     if let Some(tr) = &b.training {

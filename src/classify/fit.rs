@@ -2,7 +2,7 @@
 //! [`crate::train::Task`], trained by [`crate::train::fit`].
 
 use super::data::Example;
-use super::model::{CnnClassifier, CnnConfig, HostBatch, bce_with_logits, sigmoid};
+use super::model::{CnnClassifier, CnnConfig, CnnEncoder, HostBatch, bce_with_logits, sigmoid};
 use crate::Result;
 use crate::data::{bucket_by_length, split_train_val};
 use crate::train::{Batch, Metrics, OptimConfig, RunDir, RunSpec, Task, TrainState, fit};
@@ -82,6 +82,9 @@ pub struct TrainSetup<'a> {
     pub resume: bool,
     /// Weights to start from (fine-tuning), already loaded on the training device.
     pub init: Option<CnnClassifier>,
+    /// A pretrained embedding and convolutions (on the training device) that replace the
+    /// fresh ones; the hidden layer and head are initialised from the seed as usual.
+    pub encoder: Option<CnnEncoder>,
 }
 
 /// What training produced besides the model.
@@ -339,9 +342,10 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         setup.seed,
         setup.resume,
     );
-    let model = match &setup.init {
-        Some(m) => m.clone(),
-        None => cfg.init(&spec.train_device),
+    let model = match (&setup.init, &setup.encoder) {
+        (Some(m), _) => m.clone(),
+        (None, Some(e)) => cfg.init(&spec.train_device).with_encoder(e.clone()),
+        (None, None) => cfg.init(&spec.train_device),
     };
     let val_batches = make_batches(cfg, setup.training, &clipped, &targets, &weights, &val_idx);
     let task = ClassifierTask {

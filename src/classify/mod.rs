@@ -13,6 +13,7 @@ pub mod data;
 pub mod export;
 pub mod fit;
 pub mod model;
+pub mod pretrain;
 pub mod score_io;
 pub mod tokens;
 
@@ -43,6 +44,11 @@ pub struct ClassifierConfig {
     pub model: CnnConfig,
     pub optim: OptimConfig,
     pub training: TrainingConfig,
+    /// A pretraining directory (`longtail pretrain-classifier --out`): every network (each
+    /// ensemble member) starts from its embedding and convolutions, the rest initialised
+    /// fresh; its architecture must match `[model]`. None = a fresh start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
 }
 
 impl Default for ClassifierConfig {
@@ -52,6 +58,7 @@ impl Default for ClassifierConfig {
             model: CnnConfig::default(),
             optim: OptimConfig::default(),
             training: TrainingConfig::default(),
+            pretrained: None,
         }
     }
 }
@@ -380,6 +387,13 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
     let chosen = globals.device.clone();
     let train_device = chosen.device.clone().autodiff();
     let mut init_tokens = None;
+    if let (Some(init), Some(pretrained)) = (req.init, &config.pretrained) {
+        return Err(crate::Error::input(format!(
+            "--init {} and pretrained {} both give the starting weights; pass one of them",
+            init.display(),
+            pretrained.display()
+        )));
+    }
     let init = match req.init {
         Some(dir) => {
             let from = Classifier::load(dir, globals)?;
@@ -407,6 +421,16 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
         None => Vec::new(),
     };
     config.validate()?;
+    // Every member starts from the same pretrained encoder (its head fresh, from its seed).
+    let encoder = match &config.pretrained {
+        Some(dir) => {
+            let (encoder, tokens) = pretrain::load_encoder(dir, &config.model, &train_device)?;
+            tracing::info!("starting from the encoder pretrained in {}", dir.display());
+            init_tokens = Some(tokens);
+            Some(encoder)
+        }
+        None => None,
+    };
     let cfg_path = req.out.join("config.json");
     if req.resume && cfg_path.exists() {
         let previous: ClassifierBundle = crate::io::read_json(&cfg_path, "classifier config")?;
@@ -466,6 +490,7 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
             // retrains only the members that had not finished.
             resume: req.resume,
             init: (!init.is_empty()).then(|| init[m % init.len()].clone()),
+            encoder: encoder.clone(),
         };
         let (_model, outcome) = fit::train(&setup, &examples)?;
         if k > 1 {
@@ -521,7 +546,7 @@ pub fn train(req: &TrainRequest, globals: &Globals) -> Result<ClassifierBundle> 
     Ok(bundle)
 }
 
-/// The tokenizer to train with: bytes; the `--init` model's BPE; on `--resume`, the BPE saved
+/// The tokenizer to train with: bytes; the `--init` model's BPE (or the pretraining's); on `--resume`, the BPE saved
 /// in the run directory; otherwise a BPE learnt from the training split (not validation).
 fn training_tokens(
     req: &TrainRequest,

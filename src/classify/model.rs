@@ -122,8 +122,10 @@ impl CnnConfig {
         self.widths.iter().copied().max().unwrap_or(1)
     }
 
-    pub fn init(&self, device: &Device) -> CnnClassifier {
-        CnnClassifier {
+    /// The token embedding and the convolutions, freshly initialised (the first draws of
+    /// [`CnnConfig::init`], in the same order).
+    pub fn init_encoder(&self, device: &Device) -> CnnEncoder {
+        CnnEncoder {
             embed: EmbeddingConfig::new(self.vocab() + 1, self.embed_dim)
                 .with_initializer(burn::nn::Initializer::Normal {
                     mean: 0.0,
@@ -135,6 +137,14 @@ impl CnnConfig {
                 .iter()
                 .map(|&k| Conv1dConfig::new(self.embed_dim, self.filters, k).init(device))
                 .collect(),
+        }
+    }
+
+    pub fn init(&self, device: &Device) -> CnnClassifier {
+        let CnnEncoder { embed, convs } = self.init_encoder(device);
+        CnnClassifier {
+            embed,
+            convs,
             dropout: DropoutConfig::new(self.dropout).init(),
             hidden: (self.hidden > 0)
                 .then(|| LinearConfig::new(self.features(), self.hidden).init(device)),
@@ -171,6 +181,16 @@ impl CnnConfig {
     }
 }
 
+/// The classifier's encoder: its token embedding and parallel convolutions, under the
+/// classifier's own parameter names (`embed.weight`, `convs.K.weight`, `convs.K.bias`), so
+/// that weights saved from it load into a [`CnnClassifier`] (pretraining trains it,
+/// `classify::pretrain`).
+#[derive(Module, Debug)]
+pub struct CnnEncoder {
+    pub embed: Embedding,
+    pub convs: Vec<Conv1d>,
+}
+
 #[derive(Module, Debug)]
 pub struct CnnClassifier {
     embed: Embedding,
@@ -184,6 +204,24 @@ pub struct CnnClassifier {
 }
 
 impl CnnClassifier {
+    /// A copy of the embedding and the convolutions.
+    pub fn encoder(&self) -> CnnEncoder {
+        CnnEncoder {
+            embed: self.embed.clone(),
+            convs: self.convs.clone(),
+        }
+    }
+
+    /// The same classifier with `encoder`'s embedding and convolutions (its own dropout,
+    /// hidden layer and head kept).
+    pub fn with_encoder(self, encoder: CnnEncoder) -> Self {
+        CnnClassifier {
+            embed: encoder.embed,
+            convs: encoder.convs,
+            ..self
+        }
+    }
+
     /// Logits `[batch]` for token ids `[batch, len]` whose rows hold `lens[i]` real tokens.
     pub fn forward(&self, tokens: Tensor<2, Int>, lens: Tensor<1, Int>) -> Tensor<1> {
         let [batch, len] = tokens.dims();

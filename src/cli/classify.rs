@@ -13,7 +13,9 @@ use std::time::Instant;
   longtail train-classifier --train data/sample/nl2bash.jsonl data/sample/atomic_red_team.jsonl \\
       --config configs/classifier.toml --out runs/baseline
   longtail train-classifier --train baseline.parquet --augment labeled.benign.parquet \\
-      --augment-weight 2 --out runs/augmented")]
+      --augment-weight 2 --out runs/augmented
+  longtail train-classifier --train baseline.parquet --pretrained runs/pretrained \\
+      --config configs/classifier.toml --out runs/baseline-pt   # see pretrain-classifier")]
 pub struct TrainArgs {
     /// Labeled lines (Parquet, JSONL, CSV, text; gz/zstd) with `cmd` and `label`; labels other
     /// than benign/malicious are skipped and counted.
@@ -28,8 +30,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub augment_weight: Option<f64>,
     /// Start from this classifier directory's weights (fine-tuning); its architecture is used.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pretrained")]
     pub init: Option<PathBuf>,
+    /// Start every network's embedding and convolutions from this pretraining directory
+    /// (`longtail pretrain-classifier --out`; overrides the config's `pretrained`); the head is
+    /// initialised fresh. Its architecture must match the config's [model].
+    #[arg(long, value_name = "DIR")]
+    pub pretrained: Option<PathBuf>,
     /// Output directory: config.json, model.safetensors, threshold.json, checkpoint/.
     #[arg(long, short)]
     pub out: PathBuf,
@@ -61,6 +68,9 @@ pub fn train(args: &TrainArgs, globals: &Globals) -> Result<()> {
     }
     if let Some(k) = args.ensemble {
         config.ensemble = k;
+    }
+    if let Some(p) = &args.pretrained {
+        config.pretrained = Some(p.clone());
     }
     config.validate()?;
     let start = Instant::now();

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod detect;
 pub mod ingest;
 pub mod label;
+pub mod pretrain;
 pub mod run;
 pub mod select;
 
@@ -69,6 +70,9 @@ pub enum Command {
     /// Train the CNN command-line classifier (byte or BPE tokens) on labeled lines plus benign
     /// augmentation lines.
     TrainClassifier(classify::TrainArgs),
+    /// Pretrain the classifier's embedding and convolutions on unlabeled lines (masked-token
+    /// prediction), for `train-classifier --pretrained`.
+    PretrainClassifier(pretrain::PretrainArgs),
     /// Compare classifiers on one labeled test set: AUC, TPR at low FPR, breakdowns, SVG plots.
     Evaluate(classify::EvaluateArgs),
     /// Score lines with a trained classifier: probability of malicious and a label.
@@ -99,6 +103,7 @@ impl Command {
             Command::Select(a) => select::run(a, globals),
             Command::Label(a) => label::run(a, globals, out),
             Command::TrainClassifier(a) => classify::train(a, globals),
+            Command::PretrainClassifier(a) => pretrain::run(a, globals),
             Command::Evaluate(a) => classify::evaluate(a, globals),
             Command::Classify(a) => classify::classify(a, globals, out),
             Command::Export(a) => classify::export(a),
