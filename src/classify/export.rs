@@ -140,9 +140,11 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
     if let Some(tr) = &b.training {
         let rate = tr.lines_per_sec.iter().sum::<f64>() / tr.lines_per_sec.len().max(1) as f64;
         s += &format!(
-            "- {} epochs (best {}), best validation loss {}, {rate:.0} training lines/s\n",
+            "- {} epochs (best {}), best validation {} {} (the monitored metric), {rate:.0} \
+             training lines/s\n",
             tr.epochs_done,
             tr.best_epoch.map_or(0, |e| e + 1),
+            tr.monitor,
             fmt(tr.best_val)
         );
     }

@@ -91,10 +91,11 @@ pub fn train(args: &TrainArgs, globals: &Globals) -> Result<()> {
     let v = bundle.validation.as_ref().expect("set by train");
     let rate = t.lines_per_sec.iter().sum::<f64>() / t.lines_per_sec.len().max(1) as f64;
     eprintln!(
-        "trained {} epochs in {:.1}s ({rate:.0} lines/s); best validation loss {:.4} (epoch {}); \
+        "trained {} epochs in {:.1}s ({rate:.0} lines/s); best validation {} {:.4} (epoch {}); \
          validation ROC AUC {}; threshold {:.4} ({}); model in {}",
         t.epochs_done,
         start.elapsed().as_secs_f64(),
+        t.monitor,
         t.best_val.unwrap_or(f64::NAN),
         t.best_epoch.map_or(0, |e| e + 1),
         v.roc_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
