@@ -19,12 +19,18 @@ Two splits, both grouped so that no test line shares its group with a training l
                   held-out techniques
            test_gpl (evaluation only, never trained on): lolbas + gtfobins (GPL-3.0) malicious
                   against the same held-out benign lines
+           With --ops-cap N (> 0), the permissive operational corpora join too (ops_* files:
+           MIT, BSD, Apache-2.0, Unlicense; docs_windows_powershell: CC-BY-4.0): at most N
+           lines of each file, drawn by script (80 % of scripts train, 20 % test), and
+           test_ops: their held-out scripts against the held-out ART + stockpile techniques.
+           A training line that shares its `shape` (the corpora's normalised form) with a test
+           line is removed, like an exact duplicate.
 
 A line present in a test file is removed from every training file (exact text), and a line
 labeled both ways is dropped. Group assignment is a hash of the group name, so the split is
 the same on every machine.
 
-Usage: python3 scripts/cmdline_splits.py hard|shipped --data ../shared/data/cmdlines --out DIR
+Usage: python3 scripts/cmdline_splits.py hard|shipped --data ../shared/data/cmdlines --out DIR [--ops-cap N]
 Writes DIR/train.jsonl, DIR/test.jsonl (and DIR/test_gpl.jsonl for shipped) with
 cmd, label, platform, source; prints the counts.
 """
@@ -85,7 +91,32 @@ def dedupe(rows):
     return [r for r in out if r["cmd"] not in both]
 
 
-def split(kind, data):
+# Permissively licensed operational corpora (see the data README): the shipped model may train on them.
+OPS_FILES = ["ops_runner_images", "ops_admin_powershell", "ops_scoop", "ops_chocolatey",
+             "ops_docker", "ops_conda", "ops_msys2", "docs_windows_powershell"]
+
+
+def ops_rows(data, cap):
+    """(row, held_out) of each ops file: whole scripts, in a stable order by script hash,
+    until the file's cap; a script is held out (test) by its own hash."""
+    out = []
+    for name in OPS_FILES:
+        rows = read(data, name, "benign")
+        by_script = {}
+        for r in rows:
+            by_script.setdefault(source_group(r), []).append(r)
+        taken = 0
+        for script in sorted(by_script, key=lambda s: bucket(s, "ops-order")):
+            if taken >= cap:
+                break
+            held = bucket(script, "shipped") < 0.2
+            for r in by_script[script]:
+                out.append((r, held))
+            taken += len(by_script[script])
+    return out
+
+
+def split(kind, data, ops_cap=0):
     benign = lambda n: [slim(r, "benign") for r in read(data, n, "benign")]
     if kind == "hard":
         art = read(data, "atomic_red_team", "malicious")
@@ -119,6 +150,15 @@ def split(kind, data):
         gpl = held_benign + [slim(r, "malicious") for r in
                              read(data, "lolbas", "malicious") + read(data, "gtfobins", "malicious")]
         extra = {"test_gpl": gpl}
+        if ops_cap > 0:
+            ops = ops_rows(data, ops_cap)
+            train += [slim(r, "benign") for r, held in ops if not held]
+            held_art = [slim(r, "malicious") for r in art + stock if held_t(r)]
+            extra["test_ops"] = [slim(r, "benign") for r, held in ops if held] + held_art
+            # Near-duplicates by shape: a version bump of a test line is not a training line.
+            test_shapes = {r["shape"] for r, held in ops if held}
+            train_shape = {r["cmd"]: r["shape"] for r, held in ops if not held}
+            train = [r for r in train if train_shape.get(r["cmd"]) not in test_shapes]
     else:
         sys.exit(f"unknown split {kind!r}: use hard or shipped")
     test = dedupe(test)
@@ -135,8 +175,10 @@ def main():
     ap.add_argument("kind", choices=["hard", "shipped"])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parent.parent.parent / "shared/data/cmdlines"), type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--ops-cap", type=int, default=0,
+                    help="shipped only: lines per operational corpus to add (0 = none)")
     args = ap.parse_args()
-    train, test, extra = split(args.kind, args.data)
+    train, test, extra = split(args.kind, args.data, args.ops_cap)
     args.out.mkdir(parents=True, exist_ok=True)
     files = {"train": train, "test": test, **extra}
     for name, rows in files.items():
