@@ -69,6 +69,14 @@ pub fn portable_path(path: &str) -> String {
     }
 }
 
+/// The pooled feature count in the card's shape notation: F*W, or F*W*2 with max + mean.
+fn pooled_names(m: &crate::classify::model::CnnConfig) -> String {
+    match m.pooling {
+        crate::classify::model::Pooling::Max => "F*W".to_string(),
+        crate::classify::model::Pooling::MaxMean => "F*W*2".to_string(),
+    }
+}
+
 /// A short model card: what the model is, what it was trained on, how it scored.
 pub fn model_card(name: &str, classifier: &Classifier) -> String {
     let b: &ClassifierBundle = &classifier.bundle;
@@ -96,11 +104,20 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
     } else {
         String::new()
     };
+    let pooling = match m.pooling {
+        crate::classify::model::Pooling::Max => "max-pool over time",
+        crate::classify::model::Pooling::MaxMean => "max- and mean-pool over time",
+    };
+    let hidden = if m.hidden > 0 {
+        format!(", a hidden ReLU layer of {}", m.hidden)
+    } else {
+        String::new()
+    };
     let mut s = format!(
         "# {name}\n\n{ensemble}A CNN command-line classifier from `longtail` ({}): {tokens}, \
-         embedding {}, {} filters of widths {:?}, ReLU, max-pool over time, dropout {}, one logit; \
-         lines longer than {} tokens keep their first and last halves. {} parameters. Score = \
-         sigmoid(logit), the probability that the line is malicious.\n\n",
+         embedding {}, {} filters of widths {:?}, ReLU, {pooling}, dropout {}{hidden}, one \
+         logit; lines longer than {} tokens keep their first and last halves. {} parameters. \
+         Score = sigmoid(logit), the probability that the line is malicious.\n\n",
         b.format,
         m.embed_dim,
         m.filters,
@@ -175,7 +192,7 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
          python3 scripts/load_classifier.py {name_dir}   # numpy + safetensors only\n```\n\n\
          Files: {}`model.safetensors` (weights; tensor names follow the module paths: \
          `embed.weight` [V+1, E] (V = {} token ids, row V = padding), `convs.N.weight` \
-         [F, E, k], `convs.N.bias`, `head.weight` [F*W, 1], `head.bias`), `config.json` \
+         [F, E, k], `convs.N.bias`, {}`head.weight` [{}, 1], `head.bias`), `config.json` \
          (architecture, data, training history), `threshold.json`{}.\n",
         if k > 1 {
             format!("`members/0/` .. `members/{}/` each with its ", k - 1)
@@ -183,6 +200,20 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
             String::new()
         },
         m.vocab(),
+        if m.hidden > 0 {
+            format!(
+                "`hidden.weight` [{}, {}], `hidden.bias`, ",
+                pooled_names(m),
+                m.hidden
+            )
+        } else {
+            String::new()
+        },
+        if m.hidden > 0 {
+            m.hidden.to_string()
+        } else {
+            pooled_names(m)
+        },
         if m.tokenizer == crate::classify::tokens::TokenKind::Bpe {
             ", `tokenizer.json` (Hugging Face tokenizers format; the Python loader reimplements \
              its byte-level BPE)"
