@@ -252,6 +252,7 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
         oracle_benign_precision: None,
         oracle_malicious_precision: None,
         ensemble: None,
+        skip_placeholders: false,
     };
     experiment::run(&args, &globals()).unwrap();
 
@@ -387,11 +388,12 @@ fn overrides_are_applied_and_reported_in_the_command() {
         oracle_benign_precision: Some(0.9),
         oracle_malicious_precision: None,
         ensemble: Some(3),
+        skip_placeholders: true,
     };
     assert_eq!(
         args.command(),
         "longtail run --config configs/full.toml --out runs/b --budget 1500 --seeds 1,2 \
-         --arms baseline,random --oracle-benign-precision 0.9 --ensemble 3"
+         --arms baseline,random --oracle-benign-precision 0.9 --ensemble 3 --skip-placeholders"
     );
 }
 
@@ -724,4 +726,57 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
         assert!(md.contains(part), "no {part:?} in\n{md}");
     }
     assert!(out.join("report/time/roc.svg").exists());
+}
+
+#[test]
+fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_config(&out);
+    cfg.select.skip_placeholders = true;
+    cfg.arms = vec![
+        experiment::Arm::Baseline,
+        experiment::Arm::Iforest,
+        experiment::Arm::Random,
+        experiment::Arm::OracleAll,
+    ];
+    let config = write_config(tmp.path(), &cfg);
+    experiment::run(
+        &RunRequest {
+            config,
+            ..Default::default()
+        },
+        &globals(),
+    )
+    .unwrap();
+    let stream = datasets::Table::read(&out.join("data").join(datasets::TRUTH)).unwrap();
+    let plain = stream
+        .cmd
+        .iter()
+        .filter(|c| !longtail::data::has_placeholder(c))
+        .count();
+    assert!(
+        plain < stream.cmd.len(),
+        "the sample's stream has variables: the check below means something"
+    );
+    for arm in ["iforest", "random", "oracle_all"] {
+        let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
+        let picked = datasets::Table::read(&labels)
+            .map(|t| t.cmd)
+            .or_else(|_| {
+                longtail::io::read_labeled(&[labels.clone()], false)
+                    .map(|rows| rows.into_iter().map(|r| r.cmd).collect::<Vec<_>>())
+            })
+            .unwrap();
+        assert!(!picked.is_empty(), "{arm}");
+        assert!(
+            picked.iter().all(|c| !longtail::data::has_placeholder(c)),
+            "{arm} selected a line with a variable"
+        );
+        if arm == "oracle_all" {
+            assert_eq!(picked.len(), plain, "the upper bound labels every plain line");
+        } else {
+            assert_eq!(picked.len(), cfg.select.budget, "{arm} still spends its budget");
+        }
+    }
 }

@@ -46,6 +46,12 @@ pub struct RunArgs {
     /// seed ensemble of K networks.
     #[arg(long, value_name = "K")]
     pub ensemble: Option<usize>,
+    /// Set `[select] skip_placeholders`: no arm selects a stream line with unexpanded
+    /// variables (`$dir`, `%PREFIX%`, `{{ x }}`), which process telemetry would show expanded;
+    /// measures the method without the "has a variable, so benign" shortcut. To reuse a
+    /// finished run's data, detectors and baselines, copy those folders to the new --out.
+    #[arg(long)]
+    pub skip_placeholders: bool,
 }
 
 impl RunArgs {
@@ -60,6 +66,7 @@ impl RunArgs {
             oracle_benign_precision: self.oracle_benign_precision,
             oracle_malicious_precision: self.oracle_malicious_precision,
             ensemble: self.ensemble,
+            skip_placeholders: self.skip_placeholders,
         }
     }
 }

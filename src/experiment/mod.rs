@@ -128,6 +128,12 @@ pub struct SelectStage {
     pub near_dup_threshold: f64,
     /// Padded byte positions per scoring batch.
     pub score_batch_tokens: usize,
+    /// Never select stream lines with unexpanded variables (`$dir`, `%PREFIX%`; see
+    /// `data::has_placeholder`): process telemetry shows them expanded, so labeling them
+    /// teaches the classifier "has a variable, so benign". Applies to every arm alike,
+    /// the random control and the upper bound included.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_placeholders: bool,
 }
 
 impl Default for SelectStage {
@@ -136,6 +142,7 @@ impl Default for SelectStage {
             budget: 200,
             near_dup_threshold: 0.8,
             score_batch_tokens: 16_384,
+            skip_placeholders: false,
         }
     }
 }
@@ -381,6 +388,8 @@ pub struct RunRequest {
     pub oracle_malicious_precision: Option<f64>,
     /// Override `[classifier] ensemble` (members per classifier).
     pub ensemble: Option<usize>,
+    /// Set `[select] skip_placeholders`.
+    pub skip_placeholders: bool,
 }
 
 impl RunRequest {
@@ -410,6 +419,9 @@ impl RunRequest {
         if let Some(k) = self.ensemble {
             c += &format!(" --ensemble {k}");
         }
+        if self.skip_placeholders {
+            c += " --skip-placeholders";
+        }
         c
     }
 
@@ -433,6 +445,9 @@ impl RunRequest {
         }
         if let Some(k) = self.ensemble {
             cfg.classifier.ensemble = k;
+        }
+        if self.skip_placeholders {
+            cfg.select.skip_placeholders = true;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -817,6 +832,12 @@ impl Runner<'_> {
                 cfg.select.near_dup_threshold,
             )),
         };
+        // Old runs' keys stay valid: the flag enters the key only when set.
+        let selection_key = if cfg.select.skip_placeholders {
+            key_of(&(selection_key, "skip_placeholders"))
+        } else {
+            selection_key
+        };
         let key = key_of(&(
             "label/2",
             &data.key,
@@ -905,6 +926,24 @@ impl Runner<'_> {
     ) -> Result<Vec<(usize, f64)>> {
         let cfg = self.cfg;
         let n = stream.cmd.len();
+        let allowed: Vec<bool> = stream
+            .cmd
+            .iter()
+            .map(|c| !(cfg.select.skip_placeholders && crate::data::has_placeholder(c)))
+            .collect();
+        // Lines an arm may not take rank last, and are dropped if the budget still reaches
+        // them.
+        let masked = |mut score: Vec<f64>| -> Vec<f64> {
+            for (s, ok) in score.iter_mut().zip(&allowed) {
+                if !ok {
+                    *s = f64::MIN;
+                }
+            }
+            score
+        };
+        let keep = |picks: Vec<(usize, f64)>| -> Vec<(usize, f64)> {
+            picks.into_iter().filter(|&(i, _)| allowed[i]).collect()
+        };
         let anomaly = || -> Result<Vec<f64>> {
             let kind = arm.detector().expect("an arm with a detector");
             Ok(by
@@ -919,7 +958,7 @@ impl Runner<'_> {
                 .scores)
         };
         let score = match arm {
-            Arm::OracleAll => return Ok((0..n).map(|i| (i, 0.0)).collect()),
+            Arm::OracleAll => return Ok(keep((0..n).map(|i| (i, 0.0)).collect())),
             Arm::Random => {
                 let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
                 (0..n).map(|_| rng.random::<f64>()).collect()
@@ -933,20 +972,25 @@ impl Runner<'_> {
                 .map(|(a, b)| a * b)
                 .collect(),
             Arm::Diversity => {
-                return diverse_top(&stream.cmd, &anomaly()?, cfg.select.budget, seed);
+                let picks =
+                    diverse_top(&stream.cmd, &masked(anomaly()?), cfg.select.budget, seed)?;
+                return Ok(keep(picks));
             }
             Arm::Autoencoder | Arm::Iforest | Arm::Combined => anomaly()?,
         };
-        Ok(crate::select::select_top(
-            &stream.cmd,
-            &score,
-            cfg.select.budget,
-            cfg.select.near_dup_threshold,
-            seed,
-        )?
-        .into_iter()
-        .map(|(i, _)| (i, score[i]))
-        .collect())
+        let score = masked(score);
+        Ok(keep(
+            crate::select::select_top(
+                &stream.cmd,
+                &score,
+                cfg.select.budget,
+                cfg.select.near_dup_threshold,
+                seed,
+            )?
+            .into_iter()
+            .map(|(i, _)| (i, score[i]))
+            .collect(),
+        ))
     }
 
     /// The labeler of `kind`: the oracle over the stream's truth, or the configured LLM (its
