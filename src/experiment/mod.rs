@@ -972,8 +972,7 @@ impl Runner<'_> {
                 .map(|(a, b)| a * b)
                 .collect(),
             Arm::Diversity => {
-                let picks =
-                    diverse_top(&stream.cmd, &masked(anomaly()?), cfg.select.budget, seed)?;
+                let picks = diverse_top(&stream.cmd, &masked(anomaly()?), cfg.select.budget, seed)?;
                 return Ok(keep(picks));
             }
             Arm::Autoencoder | Arm::Iforest | Arm::Combined => anomaly()?,
