@@ -21,7 +21,8 @@ Usage: python3 scripts/torch_classifier_reference.py --train TRAIN.jsonl --score
            --config configs/classifier.toml [--threads N] [--epochs 1] [--profile FILE]
 Prints one JSON object: train_lines_per_sec, score_lines_per_sec, lines, threads, the
 epoch's train loss (mean of the losses read every 10 steps, as the Rust loop does) and the
-validation loss (weighted, over the held-out lines). --profile FILE runs the same epoch and
+validation loss (weighted, over the held-out lines: the Rust split when the xxhash module
+is installed, else a random split of the same size). --profile FILE runs the same epoch and
 scoring under torch.profiler and writes its per-op tables to FILE (the rates of a profiled
 run include the profiler's overhead).
 """
@@ -120,13 +121,14 @@ def main():
     ap.add_argument("--config", required=True)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="torch.manual_seed (initialisation, dropout)")
     ap.add_argument("--profile", metavar="FILE",
                     help="run under torch.profiler and write per-op tables to FILE")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
         torch.set_num_interop_threads(1)
-    torch.manual_seed(1)
+    torch.manual_seed(args.seed)
     cfg = tomllib.load(open(args.config, "rb"))
     cfg = cfg.get("classifier", cfg)  # an experiment config: its [classifier.*] sections
     m, o, t = cfg.get("model", {}), cfg.get("optim", {}), cfg.get("training", {})
@@ -136,19 +138,28 @@ def main():
     model = Cnn(m.get("embed_dim", 32), m.get("filters", 64), widths, m.get("dropout", 0.2),
                 m.get("pooling", "max"), m.get("hidden", 0))
 
-    rows, targets = [], []
+    rows, targets, texts = [], [], []
     with open(args.train, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             if r.get("label") in ("benign", "malicious"):
-                rows.append(clip(r["cmd"].encode("utf-8"), max_len))
+                texts.append(r["cmd"].encode("utf-8"))
+                rows.append(clip(texts[-1], max_len))
                 targets.append(1.0 if r["label"] == "malicious" else 0.0)
-    # The Rust run trains on 1 - val_fraction of the lines (split by a hash of the text);
-    # train on as many here, and validate on the rest.
-    n_train = round(len(rows) * (1 - t.get("val_fraction", 0.1)))
-    idx = list(range(len(rows)))
-    random.Random(1).shuffle(idx)
-    idx, val_idx = idx[:n_train], idx[n_train:]
+    # The Rust split (src/data/split.rs): a line is held out when xxh3_64(text, seed 0x5eed) <
+    # val_fraction * 2^64. Without the xxhash module: a random split of the same size.
+    val_fraction = min(max(t.get("val_fraction", 0.1), 0.0), 0.5)
+    try:
+        import xxhash
+        cut = int(val_fraction * 2.0**64)
+        val_set = {i for i, r in enumerate(rows) if xxhash.xxh3_64_intdigest(texts[i], seed=0x5EED) < cut}
+        idx = [i for i in range(len(rows)) if i not in val_set]
+        val_idx = sorted(val_set)
+    except ImportError:
+        n_train = round(len(rows) * (1 - val_fraction))
+        idx = list(range(len(rows)))
+        random.Random(1).shuffle(idx)
+        idx, val_idx = idx[:n_train], idx[n_train:]
     mal = sum(targets[i] for i in idx)
     pos_weight = (len(idx) - mal) / max(mal, 1)
     weights = [pos_weight if targets[i] else 1.0 for i in range(len(rows))]
