@@ -27,7 +27,9 @@
 # them (`longtail score` prints it; reading and writing files excluded). Only the
 # autoencoder is trained and scored (--detector autoencoder). Nothing asserts: this is a
 # benchmark, not a test. Other processes on the machine distort every figure: the script
-# prints the load average before each step; run it on an idle machine.
+# prints the load average before each step and, in the table, before and after each row;
+# run it on an idle machine. WORKDIR/results.tsv holds the rows (scripts/bench_all.sh reads
+# it): name, train lines/s, score lines/s, wall s train, score, threads, load before, after.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -105,12 +107,14 @@ NOTES=()
 export RAYON_NUM_THREADS="$THREADS" LP_NUM_THREADS="$THREADS"
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # run_burn NAME DEVICE CONFIG [INPUT]: train 1 epoch, then score the same lines; append a row.
 run_burn() {
   local name="$1" device="$2" config="$3" input="${4:-$INPUT}"
-  local out="$WORK/model-$name" log="$WORK/$name"
+  local out="$WORK/model-$name" log="$WORK/$name" l1
   rm -rf "$out"
+  l1=$(load1)
   echo "[$name] training (load $(load))" >&2
   local t0=$SECONDS
   if ! timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$device" --seed "$SEED" train-detector \
@@ -137,7 +141,8 @@ run_burn() {
     NOTES+=("$name scoring failed or timed out after ${STEP_TIMEOUT}s: $(tail -1 "$log.score.log")")
   fi
   local score_wall=$((SECONDS - t0))
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$train_lps" "${score_lps:--}" "$train_wall" "$score_wall" >> "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$train_lps" "${score_lps:--}" "$train_wall" "$score_wall" \
+    "${RAYON_NUM_THREADS}" "$l1" "$(load1)" >> "$RESULTS"
   echo "[$name] train $train_lps lines/s, score ${score_lps:--} lines/s" >&2
 }
 
@@ -164,17 +169,18 @@ fi
 
 # run_torch NAME THREADS: the PyTorch reference, training then scoring; append a row.
 run_torch() {
-  local name="$1" threads="$2"
+  local name="$1" threads="$2" l1
+  l1=$(load1)
   echo "[$name] training + scoring (load $(load))" >&2
   local t0=$SECONDS
   if timeout "$((2 * STEP_TIMEOUT))" python3 "$HERE/torch_reference.py" --input "$INPUT" --config "$CONFIG" \
       --threads "$threads" --epochs 1 --seed "$SEED" > "$WORK/$name.json" 2> "$WORK/$name.log"; then
-    python3 - "$WORK/$name.json" "$((SECONDS - t0))" "$name" >> "$RESULTS" <<'EOF'
+    python3 - "$WORK/$name.json" "$((SECONDS - t0))" "$name" "$threads" "$l1" "$(load1)" >> "$RESULTS" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 # Process wall time covers loading, training, validation and scoring together.
 print(f"{sys.argv[3]} ({d['torch']})\t{d['train_lines_per_sec']}\t{d['score_lines_per_sec']}\t"
-      f"{sys.argv[2]} (train+score)\t-")
+      f"{sys.argv[2]} (train+score)\t-\t{sys.argv[4]}\t{sys.argv[5]}\t{sys.argv[6]}")
 EOF
     echo "[$name] $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("train %s lines/s, score %s lines/s" % (d["train_lines_per_sec"], d["score_lines_per_sec"]))' "$WORK/$name.json")" >&2
   else
@@ -204,13 +210,13 @@ def num(x):
 def ratio(a, b):
     a, b = num(a), num(b)
     return f"{a / b:.2f}" if a and b else "-"
-hdr = ["implementation", "train lines/s", "score lines/s", "train / PyTorch", "score / PyTorch", "process wall s: train", "score"]
+hdr = ["implementation", "train lines/s", "score lines/s", "train / PyTorch", "score / PyTorch", "process wall s: train", "score", "load before / after"]
 print("| " + " | ".join(hdr) + " |")
 print("|" + "---|" * len(hdr))
 for r in rows:
     tr = ratio(r[1], torch[1]) if torch else "-"
     sc = ratio(r[2], torch[2]) if torch else "-"
-    print(f"| {r[0]} | {r[1]} | {r[2]} | {tr} | {sc} | {r[3]} | {r[4]} |")
+    print(f"| {r[0]} | {r[1]} | {r[2]} | {tr} | {sc} | {r[3]} | {r[4]} | {r[6]} / {r[7]} |")
 EOF
 for n in "${NOTES[@]+"${NOTES[@]}"}"; do echo "note: $n"; done
 echo "logs and outputs: $WORK"

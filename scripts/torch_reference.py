@@ -31,9 +31,12 @@ the optimisation loop (batches prepared beforehand, validation excluded, as in
 TrainState.lines_per_sec); scoring lines/s = lines / time of scoring and summarising
 (reading input and writing output excluded, as in `longtail score`).
 
+--profile FILE runs the same training and scoring under torch.profiler and writes its per-op
+tables to FILE (the rates of such a run include the profiler's overhead).
+
 Usage:
   python3 scripts/torch_reference.py --input lines.parquet [--config configs/detector.toml]
-      [--threads N] [--epochs 1] [--score-batch-tokens 16384] [--seed 42]
+      [--threads N] [--epochs 1] [--score-batch-tokens 16384] [--seed 42] [--profile FILE]
 Input: Parquet with a `cmd` column (optional `count`), JSONL with `cmd`, or text (one line
 per record). Prints one JSON object on stdout. Needs torch and numpy (pyarrow for Parquet).
 """
@@ -426,6 +429,8 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cpu (the comparison with flex and lavapipe) or cuda (scripts/bench_gpu.sh)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="run under torch.profiler and write per-op tables to FILE")
     ap.add_argument("--no-fastpath", action="store_true",
                     help="disable PyTorch's fused inference kernels for the encoder layer")
     args = ap.parse_args()
@@ -443,10 +448,26 @@ def main():
     lines, counts = load_lines(args.input)
     load_secs = time.perf_counter() - t0
 
-    model, history = train(cfg, lines, counts, args.seed, args.epochs)
-    start = time.perf_counter()
-    scores = score(model, cfg["model"], lines, args.score_batch_tokens)
-    score_secs = time.perf_counter() - start
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile, record_function
+        with profile(activities=[ProfilerActivity.CPU]) as train_prof:
+            with record_function("train"):
+                model, history = train(cfg, lines, counts, args.seed, args.epochs)
+        with profile(activities=[ProfilerActivity.CPU]) as score_prof:
+            with record_function("score"):
+                start = time.perf_counter()
+                scores = score(model, cfg["model"], lines, args.score_batch_tokens)
+                score_secs = time.perf_counter() - start
+        with open(args.profile, "w") as f:
+            for name, prof in (("training (incl. validation)", train_prof), ("scoring", score_prof)):
+                f.write(f"== {name} (torch {torch.__version__}, {threads} threads)\n")
+                f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+                f.write("\n")
+    else:
+        model, history = train(cfg, lines, counts, args.seed, args.epochs)
+        start = time.perf_counter()
+        scores = score(model, cfg["model"], lines, args.score_batch_tokens)
+        score_secs = time.perf_counter() - start
     mean_nll = float(np.mean([s[0] for s in scores]))
     last = history[-1]
     print(json.dumps({

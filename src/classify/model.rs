@@ -226,7 +226,15 @@ impl CnnClassifier {
     pub fn forward(&self, tokens: Tensor<2, Int>, lens: Tensor<1, Int>) -> Tensor<1> {
         let [batch, len] = tokens.dims();
         let device = tokens.device();
-        let x = self.embed.forward(tokens).swap_dims(1, 2); // [batch, embed, len]
+        let embed = self.embed.weight.dims()[1];
+        // [batch, embed, len]. The reshape to the same shape makes the swapped (strided) view
+        // contiguous once: flex's conv1d would otherwise copy it into contiguous memory in
+        // each of the convolutions (docs/benchmarks.md, "Where the time goes, per op").
+        let x = self
+            .embed
+            .forward(tokens)
+            .swap_dims(1, 2)
+            .reshape([batch, embed, len]);
         let pooled: Vec<Tensor<2>> = self
             .convs
             .iter()
