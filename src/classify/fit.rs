@@ -370,6 +370,7 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         setup.device,
         setup.training,
     );
+    warn_if_constant(&val_logits, cfg);
     let val_scores = val_logits.iter().map(|&z| sigmoid(z)).collect();
     // This process's epochs (a resumed run's earlier epochs are in `state.metrics` too).
     let val_auc_per_epoch = state
@@ -389,6 +390,29 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
             val_auc_per_epoch,
         },
     ))
+}
+
+/// A network whose output no longer depends on its input (every validation line gets the
+/// same logit) ranks nothing: say so, with what to change. With a hidden ReLU layer at
+/// lr 0.01 this happens for some seeds (every unit dead after the first updates).
+fn warn_if_constant(val_logits: &[f32], cfg: &CnnConfig) {
+    let (lo, hi) = val_logits
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &z| {
+            (lo.min(z), hi.max(z))
+        });
+    if val_logits.len() >= 2 && hi - lo < 1e-6 {
+        tracing::warn!(
+            "every validation line gets the same logit ({lo:.4}): the network's output is \
+             constant and ranks nothing{}; retrain with another seed or a lower [optim] lr, or \
+             use an ensemble (`ensemble = 3`)",
+            if cfg.hidden > 0 {
+                " (its hidden ReLU layer died: every unit outputs 0)"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// The model's logits on the validation rows `idx`, in that order.
