@@ -598,6 +598,16 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
         "## Results (mean ± sd over {seeds} seed{})\n",
         if seeds > 1 { "s" } else { "" }
     );
+    if seeds < 3 {
+        let _ = writeln!(
+            m,
+            "The 95 % intervals resample test lines and seeds; with {seeds} seed{} they \
+             carry the test lines' noise but hardly the training noise (a classifier retrained \
+             with another seed moves by the spread in the per-seed table): more seeds, or \
+             `--ensemble 3`, before trusting an interval that barely excludes zero.\n",
+            if seeds > 1 { "s" } else { "" }
+        );
+    }
     let _ = writeln!(
         m,
         "| arm | labels spent | benign lines added (new) | AUC hard | Δ AUC hard (paired) [95 % CI] | AUC easy | TPR at FPR 1e-3, hard | TPR at FPR 1e-3, easy | FPR on rare benign at TPR 0.9 | FPR on rare benign at the stored threshold |"
