@@ -60,6 +60,12 @@ pub enum Arm {
     /// budget allows, the most anomalous of each, clusters in order of that score: coverage
     /// of the tail instead of the top of one score.
     Diversity,
+    /// Adds one line from each of the *largest* coarse clusters (Jaccard 0.5) of the stream
+    /// that hold no baseline line (its most anomalous line), largest first: the dense
+    /// families of the tail that the baseline lacks, instead of its outliers. Built because
+    /// on the operational stream random lines covered far more of the later tail than the
+    /// anomaly arms did (docs/results/ops.md).
+    Representative,
 }
 
 crate::vocab::named_enum!(Arm {
@@ -72,6 +78,7 @@ crate::vocab::named_enum!(Arm {
     FpRisk => "fp_risk",
     AnomalyFp => "anomaly_fp",
     Diversity => "diversity",
+    Representative => "representative",
 });
 
 impl Arm {
@@ -87,6 +94,7 @@ impl Arm {
             Arm::FpRisk => "+ baseline's would-be false positives",
             Arm::AnomalyFp => "+ anomalous and flagged (rank product)",
             Arm::Diversity => "+ anomalies across tail clusters",
+            Arm::Representative => "+ largest tail families the baseline lacks",
         }
     }
 
@@ -95,7 +103,9 @@ impl Arm {
         match self {
             Arm::Autoencoder => Some(DetectorKind::Autoencoder),
             Arm::Iforest => Some(DetectorKind::Iforest),
-            Arm::Combined | Arm::AnomalyFp | Arm::Diversity => Some(DetectorKind::Combined),
+            Arm::Combined | Arm::AnomalyFp | Arm::Diversity | Arm::Representative => {
+                Some(DetectorKind::Combined)
+            }
             _ => None,
         }
     }
@@ -816,12 +826,14 @@ impl Runner<'_> {
             LabelerKind::Llm => key_of(&cfg.label.llm),
         };
         let selection_key = match (arm.detector(), arm.uses_baseline_scores()) {
-            (Some(kind), false) if !matches!(arm, Arm::Diversity) => key_of(&(
-                kind,
-                by.anomaly.map(|s| &s.key),
-                cfg.select.budget,
-                cfg.select.near_dup_threshold,
-            )),
+            (Some(kind), false) if !matches!(arm, Arm::Diversity | Arm::Representative) => {
+                key_of(&(
+                    kind,
+                    by.anomaly.map(|s| &s.key),
+                    cfg.select.budget,
+                    cfg.select.near_dup_threshold,
+                ))
+            }
             (None, false) => key_of(&(arm, cfg.select.budget, cfg.select.near_dup_threshold)),
             (kind, _) => key_of(&(
                 arm,
@@ -971,6 +983,16 @@ impl Runner<'_> {
                 .zip(crate::data::normalized_ranks(baseline()?))
                 .map(|(a, b)| a * b)
                 .collect(),
+            Arm::Representative => {
+                let picks = densest_families(
+                    &stream.cmd,
+                    &masked(anomaly()?),
+                    &self.baseline,
+                    cfg.select.budget,
+                    seed,
+                )?;
+                return Ok(keep(picks));
+            }
             Arm::Diversity => {
                 let picks = diverse_top(&stream.cmd, &masked(anomaly()?), cfg.select.budget, seed)?;
                 return Ok(keep(picks));
@@ -1262,6 +1284,50 @@ struct BaselineScores {
     scores: Vec<f64>,
 }
 
+/// The dense families of the stream the baseline lacks: coarse clusters (estimated Jaccard
+/// >= 0.5) holding no `baseline` line, largest first (ties: the higher best score), and of
+/// each its highest-scoring line, until `budget` lines.
+fn densest_families(
+    cmds: &[String],
+    score: &[f64],
+    baseline: &std::collections::HashSet<String>,
+    budget: usize,
+    seed: u64,
+) -> Result<Vec<(usize, f64)>> {
+    let texts: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let clusters = crate::data::near_duplicate_clusters(
+        &texts,
+        &crate::data::MinHashConfig {
+            threshold: 0.5,
+            seed,
+            progress: false,
+            ..Default::default()
+        },
+    )?;
+    // Per cluster: size, whether the baseline has a line of it, and its best line.
+    let mut families: HashMap<u32, (usize, bool, Option<usize>)> = HashMap::new();
+    for (i, &c) in clusters.iter().enumerate() {
+        let f = families.entry(c).or_insert((0, false, None));
+        f.0 += 1;
+        f.1 |= baseline.contains(&cmds[i]);
+        if score[i].is_finite() && f.2.is_none_or(|b| score[i] > score[b]) {
+            f.2 = Some(i);
+        }
+    }
+    let mut picks: Vec<(usize, usize)> = families
+        .into_values()
+        .filter(|f| !f.1)
+        .filter_map(|(size, _, best)| Some((size, best?)))
+        .collect();
+    picks.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(score[b.1].total_cmp(&score[a.1]))
+            .then(a.1.cmp(&b.1))
+    });
+    picks.truncate(budget);
+    Ok(picks.into_iter().map(|(_, i)| (i, score[i])).collect())
+}
+
 /// Coverage instead of the top of one score: the stream's lines grouped into coarse clusters
 /// (estimated Jaccard >= 0.5), the highest-scoring line of each cluster, clusters taken in
 /// order of that score until `budget` lines.
@@ -1381,5 +1447,45 @@ mod tests {
         // One line per family (its best), the loner between them; the NaN line never.
         assert_eq!(idx, vec![0, 10, 9], "{picked:?}");
         assert_eq!(diverse_top(&cmds, &score, 2, 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn representative_takes_the_largest_families_the_baseline_lacks() {
+        let mut cmds = Vec::new();
+        let mut score = Vec::new();
+        // Three families of 6, 4 and 3 near-identical lines, and a loner with the top score.
+        for i in 0..6 {
+            cmds.push(format!(
+                "./configure --prefix=/mingw64 --enable-shared --disable-static pkg-1.{i}"
+            ));
+            score.push(0.1 + i as f64 * 0.01);
+        }
+        for i in 0..4 {
+            cmds.push(format!(
+                "choco install googlechrome --version 120.0.{i} -y --no-progress"
+            ));
+            score.push(0.3);
+        }
+        for i in 0..3 {
+            cmds.push(format!(
+                "docker run --rm -v /srv/data:/data alpine:3.{i} tar -czf /data/b.tgz /etc"
+            ));
+            score.push(0.2 + i as f64 * 0.01);
+        }
+        cmds.push("Get-ChildItem -Recurse C:\\Windows\\Temp | Remove-Item -Force".into());
+        score.push(0.99);
+        let none = std::collections::HashSet::new();
+        let picked = densest_families(&cmds, &score, &none, 3, 1).unwrap();
+        let idx: Vec<usize> = picked.iter().map(|p| p.0).collect();
+        // Largest first, each family's best line; the loner does not make the budget.
+        assert_eq!(idx, vec![5, 6, 12], "{picked:?}");
+        // A family the baseline already has is skipped.
+        let known: std::collections::HashSet<String> = [cmds[7].clone()].into();
+        let idx: Vec<usize> = densest_families(&cmds, &score, &known, 3, 1)
+            .unwrap()
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(idx, vec![5, 12, 13]);
     }
 }
