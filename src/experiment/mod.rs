@@ -1285,8 +1285,8 @@ struct BaselineScores {
 }
 
 /// The dense families of the stream the baseline lacks: coarse clusters (estimated Jaccard
-/// >= 0.5) holding no `baseline` line, largest first (ties: the higher best score), and of
-/// each its highest-scoring line, until `budget` lines.
+/// at least 0.5) holding no `baseline` line, largest first (ties: the higher best score),
+/// and of each its highest-scoring line, until `budget` lines.
 fn densest_families(
     cmds: &[String],
     score: &[f64],
