@@ -28,12 +28,13 @@ RUNS=("$BASE")
 for n in $BUDGETS; do
   out="$BASE-b$n"
   if [[ ! -d $out ]]; then
-    # What every budget shares: the datasets and, per seed, the detector and the baseline.
+    # What every budget shares: the datasets and, per seed, the detector, its stream scores
+    # and the baseline.
     mkdir -p "$out"
     cp -r "$BASE/data" "$out/"
     for seed_dir in "$BASE"/seed-*; do
       mkdir -p "$out/$(basename "$seed_dir")"
-      for shared in detector baseline; do
+      for shared in detector scores baseline; do
         [[ -d $seed_dir/$shared ]] && cp -r "$seed_dir/$shared" "$out/$(basename "$seed_dir")/"
       done
     done
