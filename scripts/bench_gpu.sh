@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Detector throughput on a real GPU through wgpu/Vulkan: one prepared script for whenever a
+# The four throughputs on a real GPU through wgpu/Vulkan: one prepared script for whenever a
 # GPU machine is at hand (NVIDIA with its Vulkan driver; AMD/Intel through Mesa work too).
 # It checks the Vulkan adapter, builds the release binary, trains the default detector config
-# with --device wgpu on a larger input, scores it, and prints lines/s and the adapter name.
+# with --device wgpu on a larger input and scores it, then trains the classifier (CLS_CONFIG,
+# default configs/classifier.toml: the shipped model's network) on the labeled hard split of
+# the corpus and classifies, and prints lines/s and the adapter name.
 # Each step runs under a time limit, so a hung driver cannot eat the machine's time.
 # With a CUDA build of torch present it also runs the PyTorch reference on CUDA.
 #
@@ -16,6 +18,10 @@
 #     CONFIG=configs/detector.toml   BATCH_TOKENS=16384 (scoring)
 #     DEVICE=wgpu       the longtail device; DEVICE=wgpu-cpu dry-runs this script on lavapipe
 #     SKIP_TORCH=1      skip the PyTorch CUDA reference
+#     CLS_CONFIG=configs/classifier.toml  CLS_EPOCHS=2  CLS_LINES=0 (0 = the whole hard
+#                       split's training set, ~42k lines, and classify scores train + test
+#                       lines; N = a seeded sample of N lines, classified themselves)
+#     SKIP_CLASSIFIER=1 skip the classifier rows
 #     CORPUS=../shared/data/cmdlines   (a directory of *.jsonl, or one .jsonl/.parquet file)
 # Exit status: 0 when training and scoring both ran; 1 when a step failed or timed out;
 # 2 when no usable GPU adapter was found (nothing was run).
@@ -181,7 +187,46 @@ PYEOF
   fi
 fi
 
-# --- 6. report --------------------------------------------------------------------------------
+# --- 6. the classifier: train and classify ----------------------------------------------------
+CLS_ROW=""
+if [ "${SKIP_CLASSIFIER:-0}" != 1 ] && [ -d "$CORPUS" ]; then
+  CLS_CONFIG="${CLS_CONFIG:-$ROOT/configs/classifier.toml}"
+  CLS_EPOCHS="${CLS_EPOCHS:-2}"
+  python3 "$HERE/cmdline_splits.py" hard --data "$CORPUS" --out "$WORK/split" >/dev/null
+  CLS_TRAIN="$WORK/split/train.jsonl"
+  if [ "${CLS_LINES:-0}" != 0 ]; then
+    python3 -c 'import random,sys; r=open(sys.argv[1]).read().splitlines(); random.Random(42).shuffle(r); open(sys.argv[2],"w").write("\n".join(r[:int(sys.argv[3])])+"\n")' \
+        "$WORK/split/train.jsonl" "$WORK/cls_train.jsonl" "$CLS_LINES"
+    CLS_TRAIN="$WORK/cls_train.jsonl"
+  fi
+  if [ "${CLS_LINES:-0}" != 0 ]; then
+    cp "$CLS_TRAIN" "$WORK/cls_score.jsonl"   # a small dry run classifies its own lines
+  else
+    cat "$CLS_TRAIN" "$WORK/split/test.jsonl" > "$WORK/cls_score.jsonl"
+  fi
+  CLS_OUT="$WORK/classifier"
+  rm -rf "$CLS_OUT"
+  say "classifier: training $CLS_EPOCHS epochs on $(wc -l < "$CLS_TRAIN") lines with --device $DEVICE (limit ${STEP_TIMEOUT}s)"
+  CLS_TRAIN_RATE="-"; CLS_SCORE=("-" "-")
+  if timeout "$STEP_TIMEOUT" "$LONGTAIL" -q --device "$DEVICE" --seed "$SEED" train-classifier --train "$CLS_TRAIN" \
+      --config "$CLS_CONFIG" --epochs "$CLS_EPOCHS" --out "$CLS_OUT" > "$WORK/cls_train.log" 2>&1; then
+    CLS_TRAIN_RATE=$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["training"]["lines_per_sec"]; print(round(v[0]), "/", round(v[-1]))' "$CLS_OUT/config.json")
+    for run in 1 2; do
+      if timeout "$STEP_TIMEOUT" "$LONGTAIL" --device "$DEVICE" classify --model "$CLS_OUT" "$WORK/cls_score.jsonl" \
+          -o "$WORK/cls_scores.jsonl" > "$WORK/cls_score$run.log" 2>&1; then
+        CLS_SCORE[$((run - 1))]="$(sed -n 's/.*(\([0-9.]*\) lines\/s).*/\1/p' "$WORK/cls_score$run.log" | tail -1)"
+      else
+        FAILED=1; say "classify failed:"; tail -3 "$WORK/cls_score$run.log" >&2
+      fi
+    done
+  else
+    rc=$?; FAILED=1
+    say "classifier training failed (exit $rc$([ $rc = 124 ] && echo ': timed out')):"; tail -5 "$WORK/cls_train.log" >&2
+  fi
+  CLS_ROW="| longtail --device $DEVICE, classifier ($(basename "$CLS_CONFIG")) | $CLS_TRAIN_RATE | ${CLS_SCORE[0]} | ${CLS_SCORE[1]} |"
+fi
+
+# --- 7. report --------------------------------------------------------------------------------
 echo
 echo "GPU detector throughput: $(python3 -c 'import pyarrow.parquet as pq,sys; print(pq.read_metadata(sys.argv[1]).num_rows)' "$INPUT") lines, $(basename "$CONFIG"), $EPOCHS epochs, --device $DEVICE"
 echo "adapter: $ADAPTER"
@@ -193,4 +238,10 @@ echo "|---|---|---|---|---|"
 echo "| longtail --device $DEVICE | $TRAIN_FIRST | $TRAIN_LAST | ${SCORES[0]:--} | ${SCORES[1]:--} |"
 [ -n "$TORCH_ROW" ] && echo "$TORCH_ROW"
 echo "training wall ${TRAIN_WALL}s; logs in $WORK"
+if [ -n "$CLS_ROW" ]; then
+  echo
+  echo "| classifier | train lines/s, epoch 1 / last | classify lines/s (run 1) | classify lines/s (run 2) |"
+  echo "|---|---|---|---|"
+  echo "$CLS_ROW"
+fi
 exit "$FAILED"
