@@ -738,6 +738,7 @@ fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
         experiment::Arm::Baseline,
         experiment::Arm::Iforest,
         experiment::Arm::Random,
+        experiment::Arm::Representative,
         experiment::Arm::OracleAll,
     ];
     let config = write_config(tmp.path(), &cfg);
@@ -759,7 +760,7 @@ fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
         plain < stream.cmd.len(),
         "the sample's stream has variables: the check below means something"
     );
-    for arm in ["iforest", "random", "oracle_all"] {
+    for arm in ["iforest", "random", "representative", "oracle_all"] {
         let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
         let picked: Vec<String> = longtail::io::read_labeled(std::slice::from_ref(&labels), false)
             .unwrap()

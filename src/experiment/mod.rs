@@ -953,6 +953,16 @@ impl Runner<'_> {
             }
             score
         };
+        // The cluster-based arms skip lines without a finite score: not even a cluster of
+        // excluded lines may take a place in the budget.
+        let excluded = |mut score: Vec<f64>| -> Vec<f64> {
+            for (s, ok) in score.iter_mut().zip(&allowed) {
+                if !ok {
+                    *s = f64::NAN;
+                }
+            }
+            score
+        };
         let keep = |picks: Vec<(usize, f64)>| -> Vec<(usize, f64)> {
             picks.into_iter().filter(|&(i, _)| allowed[i]).collect()
         };
@@ -986,7 +996,7 @@ impl Runner<'_> {
             Arm::Representative => {
                 let picks = densest_families(
                     &stream.cmd,
-                    &masked(anomaly()?),
+                    &excluded(anomaly()?),
                     &self.baseline,
                     cfg.select.budget,
                     seed,
@@ -994,7 +1004,8 @@ impl Runner<'_> {
                 return Ok(keep(picks));
             }
             Arm::Diversity => {
-                let picks = diverse_top(&stream.cmd, &masked(anomaly()?), cfg.select.budget, seed)?;
+                let picks =
+                    diverse_top(&stream.cmd, &excluded(anomaly()?), cfg.select.budget, seed)?;
                 return Ok(keep(picks));
             }
             Arm::Autoencoder | Arm::Iforest | Arm::Combined => anomaly()?,
