@@ -156,22 +156,10 @@ pub fn load_stream(paths: &[PathBuf]) -> Result<(Vec<String>, Vec<u64>, StreamSu
         files: paths.iter().map(|p| p.display().to_string()).collect(),
         ..Default::default()
     };
-    let mut index: std::collections::HashMap<String, usize> = Default::default();
-    let (mut lines, mut counts) = (Vec::new(), Vec::new());
     // `extras`: a JSONL stream's `count` field counts too.
-    for row in crate::io::read_labeled(paths, true)? {
-        let c = row.count.filter(|&c| c >= 1).unwrap_or(1);
-        summary.rows += 1;
-        summary.occurrences += c;
-        match index.get(&row.cmd) {
-            Some(&i) => counts[i] += c,
-            None => {
-                index.insert(row.cmd.clone(), lines.len());
-                lines.push(row.cmd);
-                counts.push(c);
-            }
-        }
-    }
+    let (lines, counts, rows) = crate::io::unique_lines_with_counts(paths, true)?;
+    summary.rows = rows;
+    summary.occurrences = counts.iter().sum();
     if lines.is_empty() {
         return Err(Error::input(format!(
             "the stream ({}) has no command lines: pass files with a `cmd` column (Parquet, \

@@ -78,19 +78,7 @@ crate::vocab::named_enum!(DetectorKind {
 /// column when present; any other format `ingest` reads (JSONL, CSV, text, compressed) counts
 /// each row once. Lines seen twice are merged.
 pub fn load_lines(inputs: &[PathBuf]) -> Result<(Vec<String>, Vec<u64>)> {
-    let mut index: std::collections::HashMap<String, usize> = Default::default();
-    let (mut lines, mut counts) = (Vec::new(), Vec::new());
-    for row in crate::io::read_labeled(inputs, false)? {
-        let c = row.count.filter(|&c| c >= 1).unwrap_or(1);
-        match index.get(&row.cmd) {
-            Some(&i) => counts[i] += c,
-            None => {
-                index.insert(row.cmd.clone(), lines.len());
-                lines.push(row.cmd);
-                counts.push(c);
-            }
-        }
-    }
+    let (lines, counts, _) = crate::io::unique_lines_with_counts(inputs, false)?;
     if lines.is_empty() {
         return Err(Error::input("the input has no command lines"));
     }

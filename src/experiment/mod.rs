@@ -1295,6 +1295,21 @@ struct BaselineScores {
     scores: Vec<f64>,
 }
 
+/// Coarse near-duplicate clusters (estimated Jaccard >= 0.5 on byte shingles): families of
+/// one command with other arguments, looser than deduplication (0.8). The cluster arms select
+/// by them and the report measures coverage with them.
+pub(crate) fn coarse_clusters(texts: &[&str], seed: u64) -> Result<Vec<u32>> {
+    crate::data::near_duplicate_clusters(
+        texts,
+        &crate::data::MinHashConfig {
+            threshold: report::COVERAGE_JACCARD,
+            seed,
+            progress: false,
+            ..Default::default()
+        },
+    )
+}
+
 /// The dense families of the stream the baseline lacks: coarse clusters (estimated Jaccard
 /// at least 0.5) holding no `baseline` line, largest first (ties: the higher best score),
 /// and of each its highest-scoring line, until `budget` lines.
@@ -1306,15 +1321,7 @@ fn densest_families(
     seed: u64,
 ) -> Result<Vec<(usize, f64)>> {
     let texts: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    let clusters = crate::data::near_duplicate_clusters(
-        &texts,
-        &crate::data::MinHashConfig {
-            threshold: 0.5,
-            seed,
-            progress: false,
-            ..Default::default()
-        },
-    )?;
+    let clusters = coarse_clusters(&texts, seed)?;
     // Per cluster: size, whether the baseline has a line of it, and its best line.
     let mut families: HashMap<u32, (usize, bool, Option<usize>)> = HashMap::new();
     for (i, &c) in clusters.iter().enumerate() {
@@ -1349,15 +1356,7 @@ fn diverse_top(
     seed: u64,
 ) -> Result<Vec<(usize, f64)>> {
     let texts: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    let clusters = crate::data::near_duplicate_clusters(
-        &texts,
-        &crate::data::MinHashConfig {
-            threshold: 0.5,
-            seed,
-            progress: false,
-            ..Default::default()
-        },
-    )?;
+    let clusters = coarse_clusters(&texts, seed)?;
     let mut best: HashMap<u32, usize> = HashMap::new();
     for (i, &c) in clusters.iter().enumerate() {
         if !score[i].is_finite() {

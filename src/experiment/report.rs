@@ -307,13 +307,7 @@ fn coverage(outcomes: &[ArmOutcome], first: u64, tables: &super::Tables) -> Resu
             .collect();
         let mut texts: Vec<&str> = benign.clone();
         texts.extend(added.iter().map(String::as_str));
-        let clusters = crate::data::near_duplicate_clusters(
-            &texts,
-            &crate::data::MinHashConfig {
-                threshold: COVERAGE_JACCARD,
-                ..Default::default()
-            },
-        )?;
+        let clusters = super::coarse_clusters(&texts, crate::data::MinHashConfig::default().seed)?;
         let reached: std::collections::HashSet<u32> =
             clusters[benign.len()..].iter().copied().collect();
         let covered = clusters[..benign.len()]

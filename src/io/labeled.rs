@@ -119,3 +119,26 @@ fn parquet_rows(batch: &RecordBatch, path: &Path, rows: &mut Vec<LabeledRow>) ->
     }
     Ok(())
 }
+
+/// Unique lines of `paths` in first-seen order with their occurrence counts (a row's `count`
+/// column when at least 1, else 1; `extras` as for [`read_labeled`]), and the rows read.
+pub fn unique_lines_with_counts(
+    paths: &[PathBuf],
+    extras: bool,
+) -> Result<(Vec<String>, Vec<u64>, u64)> {
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    let (mut lines, mut counts, mut rows) = (Vec::new(), Vec::new(), 0u64);
+    for row in read_labeled(paths, extras)? {
+        let c = row.count.filter(|&c| c >= 1).unwrap_or(1);
+        rows += 1;
+        match index.get(&row.cmd) {
+            Some(&i) => counts[i] += c,
+            None => {
+                index.insert(row.cmd.clone(), lines.len());
+                lines.push(row.cmd);
+                counts.push(c);
+            }
+        }
+    }
+    Ok((lines, counts, rows))
+}

@@ -6,7 +6,7 @@ pub mod labeled;
 pub mod read;
 pub mod table;
 
-pub use labeled::{LabeledRow, read_labeled};
+pub use labeled::{LabeledRow, read_labeled, unique_lines_with_counts};
 pub use table::write_atomic;
 
 use crate::error::{Context, Result};
