@@ -10,18 +10,21 @@
 #
 #   scripts/bench_gpu.sh [WORKDIR]                 (default /tmp/longtail-bench-gpu)
 #   Environment:
-#     LINES=200000      lines in the input (unique: lines drawn beyond the corpus's unique
+#     LINES=50000       lines in the input (unique: lines drawn beyond the corpus's unique
 #                       lines get 1-3 random byte edits; seed 42)
 #     EPOCHS=2          training epochs; epoch 1 includes shader compilation and autotuning,
 #                       so the table reports the last epoch (steady state) and the first
-#     STEP_TIMEOUT=900  seconds allowed to each step (build excluded: BUILD_TIMEOUT=3600)
-#     CONFIG=configs/detector.toml   BATCH_TOKENS=16384 (scoring)
+#     STEP_TIMEOUT=300  seconds allowed to each step (build excluded: BUILD_TIMEOUT=3600)
+#     CONFIG=configs/detector.toml   BATCH_TOKENS=262144 (scoring)  CLS_BATCH_TOKENS=524288 (classify)
+#                       (a GPU wants batches far above the CPU defaults: docs/benchmarks.md, GPU)
 #     DEVICE=wgpu       the longtail device; DEVICE=wgpu-cpu dry-runs this script on lavapipe
 #     SKIP_TORCH=1      skip the PyTorch CUDA reference
 #     CLS_CONFIG=configs/classifier.toml  CLS_EPOCHS=2  CLS_LINES=0 (0 = the whole hard
 #                       split's training set, ~42k lines, and classify scores train + test
 #                       lines; N = a seeded sample of N lines, classified themselves)
 #     SKIP_CLASSIFIER=1 skip the classifier rows
+#     LONGTAIL_BIN=PATH use this binary instead of building one (a machine without Rust)
+#     OFFLINE=1         never try to install vulkan-tools (a machine without a package registry)
 #     CORPUS=../shared/data/cmdlines   (a directory of *.jsonl, or one .jsonl/.parquet file)
 # Exit status: 0 when training and scoring both ran; 1 when a step failed or timed out;
 # 2 when no usable GPU adapter was found (nothing was run).
@@ -30,12 +33,13 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 WORK="${1:-/tmp/longtail-bench-gpu}"
-LINES="${LINES:-200000}"
+LINES="${LINES:-50000}"
 EPOCHS="${EPOCHS:-2}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-3600}"
 CONFIG="${CONFIG:-$ROOT/configs/detector.toml}"
-BATCH_TOKENS="${BATCH_TOKENS:-16384}"
+BATCH_TOKENS="${BATCH_TOKENS:-262144}"
+CLS_BATCH_TOKENS="${CLS_BATCH_TOKENS:-524288}"
 DEVICE="${DEVICE:-wgpu}"
 CORPUS="${CORPUS:-$ROOT/../shared/data/cmdlines}"
 SEED=42
@@ -47,16 +51,22 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; t
 # --- 1. the GPU and its Vulkan driver ---------------------------------------------------------
 if command -v nvidia-smi >/dev/null; then
   say "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
-  if ! ls /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json >/dev/null 2>&1; then
+  # Any one of these is enough (`ls a b` fails when either is missing, so test each).
+  icd_found=0
+  for icd in /usr/share/vulkan/icd.d/nvidia_icd*.json /etc/vulkan/icd.d/nvidia_icd*.json \
+      /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd*.json; do
+    [ -f "$icd" ] && icd_found=1
+  done
+  if [ "$icd_found" = 0 ]; then
     say "warning: no NVIDIA Vulkan ICD (nvidia_icd.json) found. In a container, start it with"
     say "  NVIDIA_DRIVER_CAPABILITIES=all (or compute,utility,graphics) so the driver's Vulkan"
     say "  library and ICD file are mounted; on a host, install the driver's Vulkan package."
   fi
 fi
-if ! command -v vulkaninfo >/dev/null; then
+if ! command -v vulkaninfo >/dev/null && [ "${OFFLINE:-0}" != 1 ]; then
   say "installing vulkan-tools (vulkaninfo) and the Vulkan loader"
-  as_root apt-get install -y -q vulkan-tools libvulkan1 >/dev/null 2>&1 ||
-    { as_root apt-get update -q >/dev/null 2>&1 && as_root apt-get install -y -q vulkan-tools libvulkan1 >/dev/null 2>&1; } ||
+  timeout 120 as_root apt-get install -y -q vulkan-tools libvulkan1 >/dev/null 2>&1 ||
+    { timeout 120 as_root apt-get update -q >/dev/null 2>&1 && timeout 120 as_root apt-get install -y -q vulkan-tools libvulkan1 >/dev/null 2>&1; } ||
     say "could not install vulkan-tools; continuing without vulkaninfo"
 fi
 ADAPTERS="$WORK/vulkaninfo.txt"
@@ -73,9 +83,14 @@ if command -v vulkaninfo >/dev/null; then
 fi
 
 # --- 2. build ---------------------------------------------------------------------------------
-say "building longtail (release, $CARGO_TARGET_DIR)"
-(cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release --quiet --bin longtail)
-LONGTAIL="$CARGO_TARGET_DIR/release/longtail"
+if [ -n "${LONGTAIL_BIN:-}" ]; then
+  LONGTAIL="$LONGTAIL_BIN"
+  say "using $LONGTAIL ($("$LONGTAIL" --version 2>&1))"
+else
+  say "building longtail (release, $CARGO_TARGET_DIR)"
+  (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release --quiet --bin longtail)
+  LONGTAIL="$CARGO_TARGET_DIR/release/longtail"
+fi
 
 # --- 3. input ---------------------------------------------------------------------------------
 INPUT="$WORK/input.parquet"
@@ -213,7 +228,7 @@ if [ "${SKIP_CLASSIFIER:-0}" != 1 ] && [ -d "$CORPUS" ]; then
     CLS_TRAIN_RATE=$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["training"]["lines_per_sec"]; print(round(v[0]), "/", round(v[-1]))' "$CLS_OUT/config.json")
     for run in 1 2; do
       if timeout "$STEP_TIMEOUT" "$LONGTAIL" --device "$DEVICE" classify --model "$CLS_OUT" "$WORK/cls_score.jsonl" \
-          -o "$WORK/cls_scores.jsonl" > "$WORK/cls_score$run.log" 2>&1; then
+          --batch-tokens "$CLS_BATCH_TOKENS" -o "$WORK/cls_scores.jsonl" > "$WORK/cls_score$run.log" 2>&1; then
         CLS_SCORE[$((run - 1))]="$(sed -n 's/.*(\([0-9.]*\) lines\/s).*/\1/p' "$WORK/cls_score$run.log" | tail -1)"
       else
         FAILED=1; say "classify failed:"; tail -3 "$WORK/cls_score$run.log" >&2
@@ -224,6 +239,18 @@ if [ "${SKIP_CLASSIFIER:-0}" != 1 ] && [ -d "$CORPUS" ]; then
     say "classifier training failed (exit $rc$([ $rc = 124 ] && echo ': timed out')):"; tail -5 "$WORK/cls_train.log" >&2
   fi
   CLS_ROW="| longtail --device $DEVICE, classifier ($(basename "$CLS_CONFIG")) | $CLS_TRAIN_RATE | ${CLS_SCORE[0]} | ${CLS_SCORE[1]} |"
+  if [ "${SKIP_TORCH:-0}" != 1 ] && python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    say "PyTorch classifier reference on CUDA (limit ${STEP_TIMEOUT}s)"
+    python3 -c 'import json,sys; [print(json.loads(l)["cmd"].replace("\n"," ")) for l in open(sys.argv[1]) if l.strip()]' \
+        "$WORK/cls_score.jsonl" > "$WORK/cls_score.txt"
+    if timeout "$STEP_TIMEOUT" python3 "$HERE/torch_classifier_reference.py" --device cuda --train "$CLS_TRAIN" \
+        --score "$WORK/cls_score.txt" --config "$CLS_CONFIG" --epochs "$CLS_EPOCHS" > "$WORK/cls_pytorch.json" 2> "$WORK/cls_pytorch.log"; then
+      CLS_ROW="$CLS_ROW
+$(python3 -c 'import json,sys,torch; d=json.load(open(sys.argv[1])); print("| PyTorch %s CUDA (%s), classifier | %.0f (mean of %s epochs) | %.0f | - |" % (torch.__version__, torch.cuda.get_device_name(), d["train_lines_per_sec"], sys.argv[2], d["score_lines_per_sec"]))' "$WORK/cls_pytorch.json" "$CLS_EPOCHS")"
+    else
+      say "PyTorch CUDA classifier run failed: $(tail -1 "$WORK/cls_pytorch.log")"
+    fi
+  fi
 fi
 
 # --- 7. report --------------------------------------------------------------------------------

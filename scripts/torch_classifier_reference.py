@@ -62,7 +62,7 @@ class Cnn(nn.Module):
         for conv, k in zip(self.convs, self.widths):
             y = F.relu(conv(x))  # [b, F, L - k + 1]
             limit = (lens - (k - 1)).clamp(min=1).unsqueeze(1)
-            keep = (torch.arange(length - k + 1).unsqueeze(0) < limit).to(y.dtype).unsqueeze(1)
+            keep = (torch.arange(length - k + 1, device=tokens.device).unsqueeze(0) < limit).to(y.dtype).unsqueeze(1)
             kept = y * keep
             pooled.append(kept.amax(dim=2))
             if self.mean:  # the mean over the real windows only (src/classify/model.rs)
@@ -122,6 +122,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1, help="torch.manual_seed (initialisation, dropout)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: the GPU reference for scripts/bench_gpu.sh (timings synchronise the device)")
     ap.add_argument("--profile", metavar="FILE",
                     help="run under torch.profiler and write per-op tables to FILE")
     args = ap.parse_args()
@@ -137,6 +139,14 @@ def main():
     widths, max_len = m.get("widths", [2, 3, 4, 5]), m.get("max_len", 256)
     model = Cnn(m.get("embed_dim", 32), m.get("filters", 64), widths, m.get("dropout", 0.2),
                 m.get("pooling", "max"), m.get("hidden", 0))
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    model.to(device)
+
+    def sync():  # CUDA runs asynchronously: a timer must wait for the queued work
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     rows, targets, texts = [], [], []
     with open(args.train, encoding="utf-8") as f:
@@ -179,8 +189,8 @@ def main():
         out = []
         for grp in group_list:
             tok, ln = make_batch([rows[i] for i in grp], widths)
-            out.append((tok, ln, torch.tensor([targets[i] for i in grp]),
-                        torch.tensor([weights[i] for i in grp])))
+            out.append((tok.to(device), ln.to(device), torch.tensor([targets[i] for i in grp], device=device),
+                        torch.tensor([weights[i] for i in grp], device=device)))
         return out
 
     vlens = [batch_len(len(rows[i]), widths) for i in val_idx]
@@ -209,6 +219,7 @@ def main():
                 opt.step()
                 step += 1
                 lines += len(y)
+            sync()
             secs += time.perf_counter() - start
         return lines, secs, sum(losses) / max(len(losses), 1)
 
@@ -233,7 +244,7 @@ def main():
             out = [0.0] * len(clipped)
             for grp in buckets(slens, 1024, 32768):
                 tok, ln = make_batch([clipped[i] for i in grp], widths)
-                s = torch.sigmoid(model(tok, ln)).tolist()
+                s = torch.sigmoid(model(tok.to(device), ln.to(device))).tolist()
                 for i, v in zip(grp, s):
                     out[i] = v
         return time.perf_counter() - start
