@@ -31,14 +31,18 @@ use std::path::{Path, PathBuf};
 /// The `format` of calibration files this version reads and writes.
 pub const CALIBRATION_FORMAT: &str = "longtail-label-calibration/1";
 
-/// Thresholds tested, highest first: fixed in advance, dense where LLM scores pile up (near 1).
-const GRID: [f64; 23] = [
+/// Thresholds tested, highest first: fixed in advance, dense where LLM scores pile up, near 1
+/// *and* near 0. A small model biased toward one word puts every score at one end (measured:
+/// Qwen2.5-Coder-1.5B, direct protocol, gave every line p_benign under 0.2), yet its ranking
+/// may still separate the classes; the low end lets such a model be calibrated at all.
+const GRID: [f64; 32] = [
     0.99999, 0.9999, 0.9995, 0.999, 0.998, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.85, 0.8, 0.75,
-    0.7, 0.65, 0.6, 0.55, 0.5, 0.4, 0.3, 0.2, 0.1,
+    0.7, 0.65, 0.6, 0.55, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005,
+    0.0001, 0.00001,
 ];
 
 /// Bin edges of the reliability table.
-const RELIABILITY_EDGES: [f64; 10] = [0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 1.0];
+const RELIABILITY_EDGES: [f64; 11] = [0.0, 0.001, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 1.0];
 
 /// What a threshold was fitted for: a threshold does not transfer to another model, prompt,
 /// protocol or number of samples (their scores are distributed differently).
@@ -896,6 +900,33 @@ mod tests {
         };
         let err = back.threshold_for(&other, Path::new("c.json")).unwrap_err();
         assert!(err.to_string().contains("3 sample(s)") && err.exit_code() == 2);
+    }
+
+    #[test]
+    fn a_model_that_scores_everything_near_zero_is_still_calibrated_by_its_ranking() {
+        // Every score under 0.1, as a small model biased toward `malicious` gives; the benign
+        // lines rank above the malicious ones all the same.
+        let mut results = Vec::new();
+        let mut truth = Vec::new();
+        for i in 0..400 {
+            results.push(result(Some(if i < 200 { 0.03 } else { 0.004 }), false));
+            truth.push(Some(Label::Benign));
+        }
+        for _ in 0..400 {
+            results.push(result(Some(0.0015), false));
+            truth.push(Some(Label::Malicious));
+        }
+        let cal = calibrate(&results, &truth, scope(), &CalibrationRequest::default()).unwrap();
+        // From 0.02 to 0.005 the 200 benign lines at 0.03 pass; 0.002 passes every benign
+        // line and still no malicious one; 0.001 lets the malicious ones in.
+        let row = |t: f64| cal.thresholds.iter().find(|r| r.threshold == t).unwrap();
+        assert_eq!(
+            (row(0.02).benign_passing, row(0.02).malicious_passing),
+            (200, 0)
+        );
+        assert_eq!(row(0.001).test, TestOutcome::Failed);
+        assert_eq!(cal.benign_threshold, Some(0.002));
+        assert!(cal.to_markdown().contains("**Benign threshold: 0.002.**"));
     }
 
     #[test]
