@@ -346,6 +346,24 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
     assert_eq!(after[&labels], before[&labels]);
     let classifier = out.join("seed-3/baseline/classifier/stage.json");
     assert_ne!(after[&classifier]["key"], before[&classifier]["key"]);
+
+    // Fewer arms, needing one detector kind: the detector trained for both kinds, and its
+    // scores, serve them; nothing upstream of the arms is redone.
+    let fewer = RunRequest {
+        arms: Some(vec![
+            experiment::Arm::Baseline,
+            experiment::Arm::Autoencoder,
+        ]),
+        ..args.clone()
+    };
+    experiment::run(&fewer, &globals()).unwrap();
+    let after_fewer = stage_records(&out);
+    let scores = out.join("seed-3/scores/stage.json");
+    assert_eq!(
+        (&after_fewer[&detector], &after_fewer[&scores]),
+        (&after[&detector], &after[&scores]),
+        "fewer arms retrained the detector or rescored the stream"
+    );
 }
 
 #[test]

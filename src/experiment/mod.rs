@@ -736,15 +736,29 @@ impl Runner<'_> {
         let need_if = kinds
             .iter()
             .any(|k| matches!(k, DetectorKind::Iforest | DetectorKind::Combined));
-        let key = key_of(&(
-            "detector/1",
-            &data.key,
-            &cfg.detector,
-            globals.seed,
-            need_ae,
-            need_if,
-        ));
+        let detector_key = |autoencoder: bool, iforest: bool| {
+            key_of(&(
+                "detector/1",
+                &data.key,
+                &cfg.detector,
+                globals.seed,
+                autoencoder,
+                iforest,
+            ))
+        };
         let dir = seed_dir.join("detector");
+        // A finished detector trained for both kinds also serves arms that need one of them
+        // (a follow-up run with fewer arms): reuse it, and its scores, instead of training again.
+        let both = detector_key(true, true);
+        let finished_both = Stage::new("", &dir, both.clone())
+            .record()
+            .is_some_and(|r| r.complete && r.key == both);
+        let (need_ae, need_if) = if finished_both {
+            (true, true)
+        } else {
+            (need_ae, need_if)
+        };
+        let key = detector_key(need_ae, need_if);
         let mut stage = Stage::new(
             format!("seed {}: detector", globals.seed),
             &dir,
