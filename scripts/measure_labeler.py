@@ -8,6 +8,13 @@
       40 malicious (14 atomic_red_team + 13 lolbas + 13 gtfobins). Lines already in an earlier
       file's sample or in label_conflicts.jsonl (benign in one file, malicious in another) are
       left out; lines longer than --max-chars too.
+  measure_labeler.py calibration SHARED_DIR OUT_DIR [--seed N] [--exclude FILE.parquet ...]
+      Two labeled samples for `longtail label --calibrate` (docs/labeler.md, "Calibration"),
+      disjoint by group (a script for benign lines, an ATT&CK technique for attacks), so that a
+      threshold fitted on one is judged on lines of scripts and techniques it never saw:
+      OUT_DIR/calibration.parquet (600 benign: 450 rare operational + 150 common; 300
+      malicious) and OUT_DIR/heldout.parquet (half as many of each). Same columns as `sample`,
+      plus `group`. Lines of the --exclude files (e.g. the 120-line sample) are left out.
   measure_labeler.py report LABELS.parquet [--misses]
       Benign- and malicious-verdict precision, benign recall on rare benign lines, unparsed
       rate, seconds per answer, and the confusion table by source.
@@ -73,6 +80,128 @@ def sample(args):
     print(f"wrote {args.out}: {table.num_rows} lines (seed {args.seed}, <= {args.max_chars} chars)")
 
 
+# (file stem, calibration rows, stratum); the held-out sample takes half as many of each.
+CALIBRATION_PLAN = [
+    ("ops_admin_powershell", 50, "rare_benign"),
+    ("ops_chocolatey", 50, "rare_benign"),
+    ("ops_scoop", 50, "rare_benign"),
+    ("ops_conda", 50, "rare_benign"),
+    ("ops_msys2", 50, "rare_benign"),
+    ("ops_docker", 50, "rare_benign"),
+    ("ops_runner_images", 50, "rare_benign"),
+    ("docs_windows_powershell", 50, "rare_benign"),
+    ("derived_benign_lookalikes", 50, "rare_benign"),
+    ("tldr", 75, "common_benign"),
+    ("nl2bash", 75, "common_benign"),
+    ("atomic_red_team", 120, "malicious"),
+    ("lolbas", 80, "malicious"),
+    ("gtfobins", 80, "malicious"),
+    ("stockpile", 20, "malicious"),
+]
+
+
+def group_of(row, stem):
+    """The unit a near-duplicate stays inside: the attack technique, else the script (nl2bash's
+    one file is a collection of unrelated one-liners: there each line is its own group)."""
+    if row.get("label") == "malicious" and row.get("technique"):
+        return f"technique:{row['technique']}"
+    source = row.get("source") or ""
+    if not source or source.endswith("nl2bash:data/bash/all.cm"):
+        return f"line:{row['cmd']}"
+    return f"script:{source}"
+
+
+def calibration(args):
+    import hashlib
+    shared = pathlib.Path(args.shared)
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    conflicts = set()
+    conflict_file = shared / "label_conflicts.jsonl"
+    if conflict_file.exists():
+        conflicts = {json.loads(l)["cmd"] for l in open(conflict_file, encoding="utf-8")}
+    excluded = set()
+    for path in args.exclude:
+        excluded |= set(pq.read_table(path, columns=["cmd"]).column("cmd").to_pylist())
+
+    def side(group):  # a seeded hash: 2/3 of the groups calibrate, 1/3 are held out
+        digest = hashlib.sha256(f"{args.seed}:{group}".encode()).digest()
+        return "calibration" if digest[0] % 3 else "heldout"
+
+    rng = random.Random(args.seed)
+    outs = {"calibration": collections.defaultdict(list), "heldout": collections.defaultdict(list)}
+    taken = set()
+    for stem, n, stratum in CALIBRATION_PLAN:
+        path = shared / f"{stem}.jsonl"
+        if not path.exists():
+            sys.exit(f"error: {path} is missing; pass the cmdlines folder of shared/data")
+        want = "malicious" if stratum == "malicious" else "benign"
+        pools = {"calibration": {}, "heldout": {}}
+        for line in open(path, encoding="utf-8"):
+            r = json.loads(line)
+            cmd = r.get("cmd") or ""
+            if (r.get("label") != want or not 0 < len(cmd.strip()) <= args.max_chars
+                    or cmd in conflicts or cmd in excluded or cmd in taken):
+                continue
+            g = group_of(r, stem)
+            pools[side(g)].setdefault(cmd, g)
+        for name, want_n in (("calibration", n), ("heldout", n // 2)):
+            pool = sorted(pools[name].items())
+            if len(pool) < want_n:
+                sys.exit(f"error: only {len(pool)} usable {want} lines of {stem} for {name}, need {want_n}")
+            for cmd, g in rng.sample(pool, want_n):
+                taken.add(cmd)
+                o = outs[name]
+                o["cmd"].append(cmd)
+                o["label"].append(want)
+                o["source"].append(stem)
+                o["stratum"].append(stratum)
+                o["group"].append(g)
+    for name, o in outs.items():
+        order = list(range(len(o["cmd"])))
+        rng.shuffle(order)
+        table = pa.table({k: [v[i] for i in order] for k, v in o.items()})
+        path = out_dir / f"{name}.parquet"
+        pq.write_table(table, path)
+        mal = sum(1 for l in o["label"] if l == "malicious")
+        print(f"wrote {path}: {table.num_rows} lines ({table.num_rows - mal} benign, {mal} malicious), "
+              f"{len(set(o['group']))} groups")
+    shared_groups = set(outs["calibration"]["group"]) & set(outs["heldout"]["group"])
+    assert not shared_groups, f"groups on both sides: {sorted(shared_groups)[:5]}"
+
+
+def scored_summary(rows):
+    """For the scored protocols: how well p_benign ranks the classes, and the most benign
+    recall reachable at a benign precision of 0.95 and 0.98 on this sample (point estimates:
+    the calibration report has the bounds)."""
+    ben = sorted(r["p_benign"] for r in rows if r["label"] == "benign")
+    mal = sorted(r["p_benign"] for r in rows if r["label"] == "malicious")
+    out = [f"p_benign on {len(ben)} benign and {len(mal)} malicious scored lines:"]
+    if not ben or not mal:
+        return out + ["(one class only: no ranking figures)"]
+    import bisect
+    wins = sum(bisect.bisect_left(mal, b) + 0.5 * (bisect.bisect_right(mal, b) - bisect.bisect_left(mal, b))
+               for b in ben)
+    out.append(f"- AUROC (benign above malicious): {wins / (len(ben) * len(mal)):.3f}")
+    q = lambda a, f: a[min(int(f * len(a)), len(a) - 1)]
+    out.append("- quartiles, benign: " + " / ".join(f"{q(ben, f):.3f}" for f in (0.25, 0.5, 0.75))
+               + "; malicious: " + " / ".join(f"{q(mal, f):.3f}" for f in (0.25, 0.5, 0.75)))
+    for target in (0.95, 0.98):
+        best = None
+        for threshold in sorted(set(ben) | set(mal), reverse=True):
+            b = len(ben) - bisect.bisect_left(ben, threshold)
+            m = len(mal) - bisect.bisect_left(mal, threshold)
+            if b and b / (b + m) >= target:
+                best = (b, m, threshold)
+        if best:
+            b, m, threshold = best
+            out.append(f"- benign recall at precision >= {target} (this sample's share): "
+                       f"{b / len(ben):.3f} ({b}/{len(ben)}, {m} malicious pass, p_benign >= {threshold:.4g})")
+        else:
+            out.append(f"- benign recall at precision >= {target}: 0 (no threshold reaches it)")
+    return out
+
+
 def ratio(good, total):
     return f"{good / total:.3f} ({good}/{total})" if total else "n/a"
 
@@ -81,7 +210,7 @@ def report(args):
     t = pq.read_table(args.labels).to_pylist()
     if not t or "verdict" not in t[0]:
         sys.exit(f"error: {args.labels} has no `verdict` column: give the OUT of `longtail label`")
-    verdicts = ["benign", "malicious", "unparsed", "error", "skipped"]
+    verdicts = ["benign", "malicious", "uncertain", "unparsed", "error", "skipped"]
     all_rows = t
     # Lines never asked (budget) or without an answer are left out of every figure.
     t = [r for r in t if r["verdict"] not in ("error", "skipped")]
@@ -115,9 +244,9 @@ def report(args):
         f"| augmentation precision (benign, unflagged) | "
         f"{ratio(sum(r['label'] == 'benign' for r in aug), len(aug))} |",
         f"| malicious-verdict precision | {ratio(mal_m, mal_all)} |",
-        f"| benign recall, rare benign (runner_images + lookalikes) | "
+        f"| benign recall, rare benign (stratum rare_benign) | "
         f"{ratio(sum(r['verdict'] == 'benign' for r in rare), len(rare))} |",
-        f"| benign recall, common benign (tldr + nl2bash) | "
+        f"| benign recall, common benign (stratum common_benign) | "
         f"{ratio(sum(r['verdict'] == 'benign' for r in common), len(common))} |",
         f"| malicious recall | {ratio(sum(r['verdict'] == 'malicious' for r in mal), len(mal))} |",
         f"| unparsed rate | {ratio(cnt(lambda r: r['verdict'] == 'unparsed'), len(answered))} |",
@@ -132,11 +261,14 @@ def report(args):
         lines.append(f"| tokens per exchange (prompt + answer), mean | {sum(tok) / len(tok):.0f} |")
     lines += ["", "| source | truth | " + " | ".join(verdicts) + " |",
               "|---|---|" + "---:|" * len(verdicts)]
-    truth = {stem: ("malicious" if s == "malicious" else "benign") for stem, _, s in PLAN}
+    truth = {r.get("source", "?"): r["label"] for r in all_rows}
     for stem, c in by_source.items():
         if sum(c.values()):
             lines.append(f"| {stem} | {truth.get(stem, '?')} | "
                          + " | ".join(str(c[v]) for v in verdicts) + " |")
+    scored = [r for r in t if r.get("p_benign") is not None]
+    if scored:
+        lines += ["", *scored_summary(scored)]
     print("\n".join(lines))
     if args.misses:
         print("\nwrong or unparsed verdicts:")
@@ -153,11 +285,18 @@ def main():
     s.add_argument("out", help="output Parquet")
     s.add_argument("--seed", type=int, default=20261129)
     s.add_argument("--max-chars", type=int, default=600)
+    c = sub.add_parser("calibration", help="write the calibration and held-out samples")
+    c.add_argument("shared", help="the cmdlines folder (../shared/data/cmdlines)")
+    c.add_argument("out_dir", help="folder for calibration.parquet and heldout.parquet")
+    c.add_argument("--seed", type=int, default=20261130)
+    c.add_argument("--max-chars", type=int, default=600)
+    c.add_argument("--exclude", action="append", default=[], metavar="FILE.parquet",
+                   help="leave out the lines of this Parquet file (repeatable)")
     r = sub.add_parser("report", help="measure a `longtail label` output with a label column")
     r.add_argument("labels")
     r.add_argument("--misses", action="store_true", help="also list the wrong verdicts")
     args = p.parse_args()
-    sample(args) if args.what == "sample" else report(args)
+    {"sample": sample, "calibration": calibration, "report": report}[args.what](args)
 
 
 if __name__ == "__main__":
