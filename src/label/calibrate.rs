@@ -842,20 +842,26 @@ mod tests {
         }
     }
 
-    /// 400 benign lines scored 0.9995 (300) or 0.9 (100); 400 malicious scored 0.1 (all but
-    /// two) or 0.95 (two).
-    fn separable() -> (Vec<LabelResult>, Vec<Option<Label>>) {
+    /// Scored, unflagged lines: `(score, how many)` groups of benign, then of malicious lines.
+    fn scored_sample(
+        benign: &[(f64, usize)],
+        malicious: &[(f64, usize)],
+    ) -> (Vec<LabelResult>, Vec<Option<Label>>) {
         let mut results = Vec::new();
         let mut truth = Vec::new();
-        for i in 0..400 {
-            results.push(result(Some(if i < 300 { 0.9995 } else { 0.9 }), false));
-            truth.push(Some(Label::Benign));
-        }
-        for i in 0..400 {
-            results.push(result(Some(if i < 2 { 0.95 } else { 0.1 }), false));
-            truth.push(Some(Label::Malicious));
+        for (groups, label) in [(benign, Label::Benign), (malicious, Label::Malicious)] {
+            for &(score, n) in groups {
+                results.extend((0..n).map(|_| result(Some(score), false)));
+                truth.extend((0..n).map(|_| Some(label)));
+            }
         }
         (results, truth)
+    }
+
+    /// 400 benign lines scored 0.9995 (300) or 0.9 (100); 400 malicious scored 0.95 (two) or
+    /// 0.1 (the rest).
+    fn separable() -> (Vec<LabelResult>, Vec<Option<Label>>) {
+        scored_sample(&[(0.9995, 300), (0.9, 100)], &[(0.95, 2), (0.1, 398)])
     }
 
     #[test]
@@ -906,16 +912,7 @@ mod tests {
     fn a_model_that_scores_everything_near_zero_is_still_calibrated_by_its_ranking() {
         // Every score under 0.1, as a small model biased toward `malicious` gives; the benign
         // lines rank above the malicious ones all the same.
-        let mut results = Vec::new();
-        let mut truth = Vec::new();
-        for i in 0..400 {
-            results.push(result(Some(if i < 200 { 0.03 } else { 0.004 }), false));
-            truth.push(Some(Label::Benign));
-        }
-        for _ in 0..400 {
-            results.push(result(Some(0.0015), false));
-            truth.push(Some(Label::Malicious));
-        }
+        let (results, truth) = scored_sample(&[(0.03, 200), (0.004, 200)], &[(0.0015, 400)]);
         let cal = calibrate(&results, &truth, scope(), &CalibrationRequest::default()).unwrap();
         // From 0.02 to 0.005 the 200 benign lines at 0.03 pass; 0.002 passes every benign
         // line and still no malicious one; 0.001 lets the malicious ones in.
