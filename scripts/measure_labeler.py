@@ -20,7 +20,7 @@
       rate, seconds per answer, and the confusion table by source.
 
 Needs pyarrow (pip install pyarrow)."""
-import argparse, collections, json, pathlib, random, sys
+import argparse, bisect, collections, hashlib, json, pathlib, random, sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,19 +36,34 @@ PLAN = [  # (file stem, rows, stratum)
 ]
 
 
+def read_rows(shared, stem):
+    path = shared / f"{stem}.jsonl"
+    if not path.exists():
+        sys.exit(f"error: {path} is missing; pass the cmdlines folder of shared/data")
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def read_conflicts(shared):
+    """Lines labeled benign in one file and malicious in another: never sampled."""
+    path = shared / "label_conflicts.jsonl"
+    if not path.exists():
+        return set()
+    return {json.loads(l)["cmd"] for l in open(path, encoding="utf-8")}
+
+
+def write_shuffled(columns, rng, path):
+    """Shuffled, so that a run stopped part-way has labeled a mix of every stratum."""
+    order = list(range(len(columns["cmd"])))
+    rng.shuffle(order)
+    table = pa.table({k: [v[i] for i in order] for k, v in columns.items()})
+    pq.write_table(table, path)
+    return table
+
+
 def sample(args):
     shared = pathlib.Path(args.shared)
-    rows_by_file = {}
-    for stem, _, _ in PLAN:
-        path = shared / f"{stem}.jsonl"
-        if not path.exists():
-            sys.exit(f"error: {path} is missing; pass the cmdlines folder of shared/data")
-        rows = [json.loads(line) for line in open(path, encoding="utf-8")]
-        rows_by_file[stem] = rows
-    conflicts = set()
-    conflict_file = shared / "label_conflicts.jsonl"
-    if conflict_file.exists():
-        conflicts = {json.loads(l)["cmd"] for l in open(conflict_file, encoding="utf-8")}
+    rows_by_file = {stem: read_rows(shared, stem) for stem, _, _ in PLAN}
+    conflicts = read_conflicts(shared)
     rng = random.Random(args.seed)
     out = collections.defaultdict(list)
     taken = set()  # lookalikes are rows of the other benign files: no line twice
@@ -72,11 +87,7 @@ def sample(args):
             out["label"].append(want)
             out["source"].append(stem)
             out["stratum"].append(stratum)
-    # Shuffled, so that a run stopped part-way has labeled a mix of every stratum.
-    order = list(range(len(out["cmd"])))
-    rng.shuffle(order)
-    table = pa.table({k: [v[i] for i in order] for k, v in out.items()})
-    pq.write_table(table, args.out)
+    table = write_shuffled(out, rng, args.out)
     print(f"wrote {args.out}: {table.num_rows} lines (seed {args.seed}, <= {args.max_chars} chars)")
 
 
@@ -112,14 +123,10 @@ def group_of(row, stem):
 
 
 def calibration(args):
-    import hashlib
     shared = pathlib.Path(args.shared)
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    conflicts = set()
-    conflict_file = shared / "label_conflicts.jsonl"
-    if conflict_file.exists():
-        conflicts = {json.loads(l)["cmd"] for l in open(conflict_file, encoding="utf-8")}
+    conflicts = read_conflicts(shared)
     excluded = set()
     for path in args.exclude:
         excluded |= set(pq.read_table(path, columns=["cmd"]).column("cmd").to_pylist())
@@ -132,13 +139,9 @@ def calibration(args):
     outs = {"calibration": collections.defaultdict(list), "heldout": collections.defaultdict(list)}
     taken = set()
     for stem, n, stratum in CALIBRATION_PLAN:
-        path = shared / f"{stem}.jsonl"
-        if not path.exists():
-            sys.exit(f"error: {path} is missing; pass the cmdlines folder of shared/data")
         want = "malicious" if stratum == "malicious" else "benign"
         pools = {"calibration": {}, "heldout": {}}
-        for line in open(path, encoding="utf-8"):
-            r = json.loads(line)
+        for r in read_rows(shared, stem):
             cmd = r.get("cmd") or ""
             if (r.get("label") != want or not 0 < len(cmd.strip()) <= args.max_chars
                     or cmd in conflicts or cmd in excluded or cmd in taken):
@@ -158,11 +161,8 @@ def calibration(args):
                 o["stratum"].append(stratum)
                 o["group"].append(g)
     for name, o in outs.items():
-        order = list(range(len(o["cmd"])))
-        rng.shuffle(order)
-        table = pa.table({k: [v[i] for i in order] for k, v in o.items()})
         path = out_dir / f"{name}.parquet"
-        pq.write_table(table, path)
+        table = write_shuffled(o, rng, path)
         mal = sum(1 for l in o["label"] if l == "malicious")
         print(f"wrote {path}: {table.num_rows} lines ({table.num_rows - mal} benign, {mal} malicious), "
               f"{len(set(o['group']))} groups")
@@ -179,7 +179,6 @@ def scored_summary(rows):
     out = [f"p_benign on {len(ben)} benign and {len(mal)} malicious scored lines:"]
     if not ben or not mal:
         return out + ["(one class only: no ranking figures)"]
-    import bisect
     wins = sum(bisect.bisect_left(mal, b) + 0.5 * (bisect.bisect_right(mal, b) - bisect.bisect_left(mal, b))
                for b in ben)
     out.append(f"- AUROC (benign above malicious): {wins / (len(ben) * len(mal)):.3f}")

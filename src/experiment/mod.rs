@@ -747,23 +747,17 @@ impl Runner<'_> {
             ))
         };
         let dir = seed_dir.join("detector");
+        let name = format!("seed {}: detector", globals.seed);
         // A finished detector trained for both kinds also serves arms that need one of them
         // (a follow-up run with fewer arms): reuse it, and its scores, instead of training again.
-        let both = detector_key(true, true);
-        let finished_both = Stage::new("", &dir, both.clone())
-            .record()
-            .is_some_and(|r| r.complete && r.key == both);
-        let (need_ae, need_if) = if finished_both {
+        let both = Stage::new(name.clone(), &dir, detector_key(true, true));
+        let (need_ae, need_if) = if both.plan() == Plan::Reuse {
             (true, true)
         } else {
             (need_ae, need_if)
         };
         let key = detector_key(need_ae, need_if);
-        let mut stage = Stage::new(
-            format!("seed {}: detector", globals.seed),
-            &dir,
-            key.clone(),
-        );
+        let mut stage = Stage::new(name, &dir, key.clone());
         let plan = stage.begin()?;
         if plan != Plan::Reuse {
             detect::train(
@@ -957,26 +951,21 @@ impl Runner<'_> {
             .iter()
             .map(|c| !(cfg.select.skip_placeholders && crate::data::has_placeholder(c)))
             .collect();
+        // The score of every line an arm may not take replaced by `fill`.
+        let fill_excluded = |mut score: Vec<f64>, fill: f64| -> Vec<f64> {
+            for (s, ok) in score.iter_mut().zip(&allowed) {
+                if !ok {
+                    *s = fill;
+                }
+            }
+            score
+        };
         // Lines an arm may not take rank last, and are dropped if the budget still reaches
         // them.
-        let masked = |mut score: Vec<f64>| -> Vec<f64> {
-            for (s, ok) in score.iter_mut().zip(&allowed) {
-                if !ok {
-                    *s = f64::MIN;
-                }
-            }
-            score
-        };
+        let masked = |score: Vec<f64>| fill_excluded(score, f64::MIN);
         // The cluster-based arms skip lines without a finite score: not even a cluster of
         // excluded lines may take a place in the budget.
-        let excluded = |mut score: Vec<f64>| -> Vec<f64> {
-            for (s, ok) in score.iter_mut().zip(&allowed) {
-                if !ok {
-                    *s = f64::NAN;
-                }
-            }
-            score
-        };
+        let excluded = |score: Vec<f64>| fill_excluded(score, f64::NAN);
         let keep = |picks: Vec<(usize, f64)>| -> Vec<(usize, f64)> {
             picks.into_iter().filter(|&(i, _)| allowed[i]).collect()
         };
@@ -1445,23 +1434,33 @@ impl StreamScores {
 mod tests {
     use super::*;
 
+    /// Appends a family of `n` lines, `line(i)` scored `score(i)`.
+    fn family(
+        cmds: &mut Vec<String>,
+        scores: &mut Vec<f64>,
+        n: usize,
+        line: impl Fn(usize) -> String,
+        score: impl Fn(usize) -> f64,
+    ) {
+        cmds.extend((0..n).map(line));
+        scores.extend((0..n).map(score));
+    }
+
+    fn choco(i: usize) -> String {
+        format!("choco install googlechrome --version 120.0.{i} -y --no-progress")
+    }
+
+    fn docker(i: usize) -> String {
+        format!("docker run --rm -v /srv/data:/data alpine:3.{i} tar -czf /data/b.tgz /etc")
+    }
+
     #[test]
     fn diversity_takes_the_best_line_of_each_cluster_in_score_order() {
         let mut cmds = Vec::new();
         let mut score = Vec::new();
         // Two families of near-identical lines and two loners.
-        for i in 0..5 {
-            cmds.push(format!(
-                "choco install googlechrome --version 120.0.{i} -y --no-progress"
-            ));
-            score.push(0.9 - i as f64 * 0.01);
-        }
-        for i in 0..5 {
-            cmds.push(format!(
-                "docker run --rm -v /srv/data:/data alpine:3.{i} tar -czf /data/b.tgz /etc"
-            ));
-            score.push(0.5 + i as f64 * 0.01);
-        }
+        family(&mut cmds, &mut score, 5, choco, |i| 0.9 - i as f64 * 0.01);
+        family(&mut cmds, &mut score, 5, docker, |i| 0.5 + i as f64 * 0.01);
         cmds.push("Get-ChildItem -Recurse C:\\Windows\\Temp | Remove-Item -Force".into());
         score.push(0.7);
         cmds.push("ls".into());
@@ -1478,24 +1477,13 @@ mod tests {
         let mut cmds = Vec::new();
         let mut score = Vec::new();
         // Three families of 6, 4 and 3 near-identical lines, and a loner with the top score.
-        for i in 0..6 {
-            cmds.push(format!(
-                "./configure --prefix=/mingw64 --enable-shared --disable-static pkg-1.{i}"
-            ));
-            score.push(0.1 + i as f64 * 0.01);
-        }
-        for i in 0..4 {
-            cmds.push(format!(
-                "choco install googlechrome --version 120.0.{i} -y --no-progress"
-            ));
-            score.push(0.3);
-        }
-        for i in 0..3 {
-            cmds.push(format!(
-                "docker run --rm -v /srv/data:/data alpine:3.{i} tar -czf /data/b.tgz /etc"
-            ));
-            score.push(0.2 + i as f64 * 0.01);
-        }
+        let configure =
+            |i| format!("./configure --prefix=/mingw64 --enable-shared --disable-static pkg-1.{i}");
+        family(&mut cmds, &mut score, 6, configure, |i| {
+            0.1 + i as f64 * 0.01
+        });
+        family(&mut cmds, &mut score, 4, choco, |_| 0.3);
+        family(&mut cmds, &mut score, 3, docker, |i| 0.2 + i as f64 * 0.01);
         cmds.push("Get-ChildItem -Recurse C:\\Windows\\Temp | Remove-Item -Force".into());
         score.push(0.99);
         let none = std::collections::HashSet::new();

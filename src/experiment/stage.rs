@@ -66,13 +66,18 @@ impl Stage {
         serde_json::from_str(&text).ok()
     }
 
-    /// Decide, and prepare the directory: a stale one (other key, or no record) is emptied.
-    pub fn begin(&mut self) -> Result<Plan> {
-        let plan = match self.record() {
+    /// What [`Stage::begin`] would do, without touching the directory.
+    pub fn plan(&self) -> Plan {
+        match self.record() {
             Some(r) if r.key == self.key && r.complete => Plan::Reuse,
             Some(r) if r.key == self.key => Plan::Resume,
             _ => Plan::Fresh,
-        };
+        }
+    }
+
+    /// Decide, and prepare the directory: a stale one (other key, or no record) is emptied.
+    pub fn begin(&mut self) -> Result<Plan> {
+        let plan = self.plan();
         match plan {
             Plan::Reuse => {
                 tracing::info!(
