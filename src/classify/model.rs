@@ -224,24 +224,19 @@ impl CnnClassifier {
 
     /// Logits `[batch]` for token ids `[batch, len]` whose rows hold `lens[i]` real tokens.
     pub fn forward(&self, tokens: Tensor<2, Int>, lens: Tensor<1, Int>) -> Tensor<1> {
-        let [batch, len] = tokens.dims();
+        let batch = tokens.dims()[0];
         let device = tokens.device();
-        let embed = self.embed.weight.dims()[1];
-        // [batch, embed, len]. The reshape to the same shape makes the swapped (strided) view
-        // contiguous once: flex's conv1d would otherwise copy it into contiguous memory in
-        // each of the convolutions (docs/benchmarks.md, "Where the time goes, per op").
-        let x = self
-            .embed
-            .forward(tokens)
-            .swap_dims(1, 2)
-            .reshape([batch, embed, len]);
+        let x = ConvInput::new(&self.convs, self.embed.forward(tokens));
+        let at = x.axis();
         let pooled: Vec<Tensor<2>> = self
             .convs
             .iter()
             .map(|conv| {
+                let y = x.relu_conv(conv);
                 let k = conv.kernel_size;
-                let out_len = len + 1 - k;
-                let y = relu(conv.forward(x.clone())); // [batch, filters, out_len]
+                let out_len = y.dims()[at];
+                // Window t counts when t < max(len_i - k + 1, 1) (<= len + 1 - k, so this also
+                // drops what the GEMM kernel holds past the batch's last window).
                 let limit = lens
                     .clone()
                     .sub_scalar(k as i64 - 1)
@@ -253,14 +248,16 @@ impl CnnClassifier {
                     .expand([batch, out_len]);
                 // After ReLU every value is >= 0, so zeroing the windows that start in the
                 // padding leaves the maximum over the real windows unchanged.
-                let keep = positions.lower(limit).float().reshape([batch, 1, out_len]);
-                let [_, filters, _] = y.dims();
+                let mut keep_shape = [batch, 1, 1];
+                keep_shape[at] = out_len;
+                let keep = positions.lower(limit).float().reshape(keep_shape);
+                let filters = conv.weight.dims()[0];
                 let kept = y * keep.clone();
-                let max = kept.clone().max_dim(2).reshape([batch, filters]);
+                let max = kept.clone().max_dim(at).reshape([batch, filters]);
                 if self.pooling == Pooling::MaxMean as usize {
                     // The mean over the real windows only: their count is the kept mask's sum.
-                    let windows = keep.sum_dim(2).reshape([batch, 1]);
-                    let mean = kept.sum_dim(2).reshape([batch, filters]) / windows;
+                    let windows = keep.sum_dim(at).reshape([batch, 1]);
+                    let mean = kept.sum_dim(at).reshape([batch, filters]) / windows;
                     Tensor::cat(vec![max, mean], 1)
                 } else {
                     max
@@ -273,6 +270,124 @@ impl CnnClassifier {
         }
         self.head.forward(h).reshape([batch])
     }
+}
+
+/// A batch of token vectors `[batch, len, embed]` prepared for the convolutions, which run on
+/// one of two kernels; [`ConvInput::relu_conv`] gives `relu(conv(x))` with its positions on
+/// [`ConvInput::axis`]: 1 for `[batch, len, filters]` (the GEMM kernel, whose positions past
+/// `len - k` are not windows of a line and must be masked or cut off), 2 for
+/// `[batch, filters, len + 1 - k]` (Burn's `Conv1d`). One convolution at a time, so that only
+/// one output is alive while the caller pools it.
+///
+/// Which kernel: on flex, while training (the batch is tracked by autodiff), one GEMM over
+/// the windows ([`conv_windows`]), because flex's conv1d backward is slow: it computes the
+/// weight gradient as a convolution over swapped dimensions and the input gradient as a
+/// transposed convolution, each with strided copies (docs/benchmarks.md, "Where the time
+/// goes, per op"); the GEMM's gradients are two GEMMs and a scatter-add. Everywhere else
+/// Burn's `Conv1d`: flex's forward conv1d (per-line GEMMs on strided input, no im2col
+/// buffer) is faster than the windows GEMM, and wgpu has its own conv kernels both ways.
+/// The two kernels compute the same sums in a different order.
+pub enum ConvInput {
+    Windows(WindowRows),
+    Channels(Tensor<3>),
+}
+
+impl ConvInput {
+    pub fn new(convs: &[Conv1d], x: Tensor<3>) -> Self {
+        if x.is_tracked() && x.device() == Device::flex() {
+            let max_width = convs.iter().map(|c| c.kernel_size).max().unwrap_or(1);
+            ConvInput::Windows(WindowRows::new(x, max_width))
+        } else {
+            let [batch, len, embed] = x.dims();
+            // [batch, embed, len]. The reshape to the same shape makes the swapped (strided)
+            // view contiguous once: flex's conv1d would otherwise copy it into contiguous
+            // memory in each of the convolutions (docs/benchmarks.md).
+            ConvInput::Channels(x.swap_dims(1, 2).reshape([batch, embed, len]))
+        }
+    }
+
+    /// The axis of [`ConvInput::relu_conv`]'s output that holds the positions.
+    pub fn axis(&self) -> usize {
+        match self {
+            ConvInput::Windows(_) => 1,
+            ConvInput::Channels(_) => 2,
+        }
+    }
+
+    pub fn relu_conv(&self, conv: &Conv1d) -> Tensor<3> {
+        match self {
+            ConvInput::Windows(rows) => relu(conv_windows(conv, rows)),
+            ConvInput::Channels(x) => relu(conv.forward(x.clone())),
+        }
+    }
+}
+
+/// A batch of token vectors `[batch, len, channels]` laid out for [`conv_windows`]: the batch
+/// as one contiguous sequence of `batch * len` rows, then `max_width - 1` zero rows, so that
+/// window `r` of any width `k <= max_width` is rows `r..r + k`. Built once per forward and
+/// shared by the convolutions (each would otherwise copy the strided embedding output).
+pub struct WindowRows {
+    rows: Tensor<2>,
+    batch: usize,
+    len: usize,
+    max_width: usize,
+}
+
+impl WindowRows {
+    pub fn new(x: Tensor<3>, max_width: usize) -> Self {
+        let [batch, len, channels] = x.dims();
+        let mut rows = x.reshape([batch * len, channels]);
+        if max_width > 1 {
+            let tail = Tensor::zeros([max_width - 1, channels], &rows.device());
+            rows = Tensor::cat(vec![rows, tail], 0);
+        }
+        Self {
+            rows,
+            batch,
+            len,
+            max_width,
+        }
+    }
+}
+
+/// `conv` over `x`, as `[batch, len, filters]`: position `t < len + 1 - k` holds what
+/// `conv.forward(x.swap_dims(1, 2))` gives there (the same weights and result, up to the
+/// order of the sums); later positions hold windows that run into the next line (or the zero
+/// rows after the last) and must be masked or cut off by the caller.
+///
+/// Computed as one GEMM over the windows (im2col), gathered as rows `r..r + k` of the whole
+/// batch taken as one sequence ([`ConvInput`] says when and why).
+///
+/// Only the convolutions longtail builds: stride 1, no dilation, one group, no padding.
+pub fn conv_windows(conv: &Conv1d, x: &WindowRows) -> Tensor<3> {
+    let [filters, channels, k] = conv.weight.dims();
+    debug_assert!(conv.stride == 1 && conv.dilation == 1 && conv.groups == 1);
+    assert!(
+        k <= x.max_width,
+        "kernel width {k} > WindowRows' {}",
+        x.max_width
+    );
+    let rows = x.batch * x.len;
+    // Column j * channels + c of window r is row r + j, channel c: one row gather (flex
+    // copies whole rows; the gradient is one scatter-add).
+    let windows = if k == 1 {
+        x.rows.clone().narrow(0, 0, rows)
+    } else {
+        let at: Vec<i64> = (0..rows as i64).flat_map(|r| r..r + k as i64).collect();
+        let at = Tensor::<1, Int>::from_data(TensorData::new(at, [rows * k]), &x.rows.device());
+        x.rows.clone().select(0, at).reshape([rows, k * channels])
+    };
+    // weight[f, c, j] at row j * channels + c.
+    let weight = conv
+        .weight
+        .val()
+        .permute([2, 1, 0])
+        .reshape([k * channels, filters]);
+    let mut y = windows.matmul(weight);
+    if let Some(bias) = &conv.bias {
+        y = y + bias.val().reshape([1, filters]);
+    }
+    y.reshape([x.batch, x.len, filters])
 }
 
 /// Token ids and lengths of a batch, on the host.
@@ -354,6 +469,81 @@ mod tests {
         assert_eq!(&*cfg.clip(&b"0123456789AB"[..]), b"012389AB");
         assert_eq!(cfg.batch_len(3), 8);
         assert_eq!(cfg.batch_len(9), 16);
+    }
+
+    /// Largest absolute difference between two tensors of the same shape.
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn the_gemm_kernel_computes_burns_conv1d_and_its_gradients() {
+        use burn::tensor::Distribution;
+        let device = Device::flex().autodiff();
+        let cfg = CnnConfig {
+            embed_dim: 6,
+            filters: 4,
+            widths: vec![1, 2, 5],
+            ..Default::default()
+        };
+        let encoder = cfg.init_encoder(&device);
+        let (batch, len) = (3, 9);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<3>::random([batch, len, 6], normal, &device).require_grad();
+        for conv in &encoder.convs {
+            let k = conv.kernel_size;
+            let out_len = len + 1 - k;
+            // A loss that weighs every output differently, so every gradient entry is tested.
+            let weights = Tensor::<3>::random([batch, out_len, 4], normal, &device);
+            let rows = WindowRows::new(x.clone(), cfg.max_width());
+            let gemm = conv_windows(conv, &rows).narrow(1, 0, out_len);
+            let burn = conv.forward(x.clone().swap_dims(1, 2)).swap_dims(1, 2);
+            assert!(
+                max_diff(gemm.clone(), burn.clone()) < 1e-5,
+                "forward, width {k}"
+            );
+
+            let grads_gemm = (gemm * weights.clone()).sum().backward();
+            let grads_burn = (burn * weights).sum().backward();
+            let grad = |t: &Tensor<3>, g| t.grad(g).expect("a gradient");
+            let d_x = max_diff(grad(&x, &grads_gemm), grad(&x, &grads_burn));
+            let w = conv.weight.val();
+            let d_w = max_diff(grad(&w, &grads_gemm), grad(&w, &grads_burn));
+            let b = conv.bias.as_ref().expect("a bias").val();
+            let d_b = max_diff(b.grad(&grads_gemm).unwrap(), b.grad(&grads_burn).unwrap());
+            assert!(
+                d_x < 1e-4 && d_w < 1e-4 && d_b < 1e-4,
+                "width {k}: {d_x} {d_w} {d_b}"
+            );
+        }
+    }
+
+    #[test]
+    fn training_and_inference_kernels_give_the_same_logits() {
+        let device = Device::flex();
+        let cfg = CnnConfig {
+            widths: vec![2, 3, 7],
+            pooling: Pooling::MaxMean,
+            hidden: 8,
+            dropout: 0.0,
+            ..Default::default()
+        };
+        let model = cfg.init(&device.clone().autodiff());
+        let rows: Vec<&[u32]> = vec![&[1, 2, 3], &[5; 20], &[9, 8, 7, 6, 5, 4, 3, 2, 1]];
+        let hb = HostBatch::new(&cfg, &rows);
+        let ad = device.clone().autodiff();
+        // On the autodiff device the embedding output is tracked: the GEMM kernel.
+        let train = model.forward(hb.tokens(&ad), hb.lens(&ad));
+        assert!(train.is_tracked());
+        let infer = model.valid().forward(hb.tokens(&device), hb.lens(&device));
+        let (train, infer) = (train.into_data(), infer.into_data());
+        let (train, infer) = (
+            train.as_slice::<f32>().unwrap(),
+            infer.as_slice::<f32>().unwrap(),
+        );
+        for (a, b) in train.iter().zip(infer) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]

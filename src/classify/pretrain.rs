@@ -23,7 +23,7 @@
 //! (the whole masked-token model of the best epoch, head included), `tokenizer.json` for BPE
 //! tokens (learnt on the stream) and `checkpoint/` (resume).
 
-use super::model::{CnnConfig, CnnEncoder};
+use super::model::{CnnConfig, CnnEncoder, ConvInput};
 use super::tokens::{TokenKind, Tokens};
 use crate::Globals;
 use crate::data::{bucket_by_length, split_train_val};
@@ -31,7 +31,7 @@ use crate::error::{Context, Error, Result};
 use crate::train::{Batch, Metrics, OptimConfig, RunDir, RunSpec, Task, TrainState, fit};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::distr::weighted::WeightedIndex;
 use rand::prelude::*;
@@ -313,25 +313,31 @@ impl MaskedTokenModel {
             .reshape([1, 1, embed])
             .expand([batch, width, embed]);
         let x = x * (masked.clone().neg().add_scalar(1.0)) + mask * masked;
-        let x = x.swap_dims(1, 2); // [batch, embed, width]
+        let x = ConvInput::new(&self.encoder.convs, x);
+        let at = x.axis();
         let features: Vec<Tensor<3>> = self
             .encoder
             .convs
             .iter()
             .map(|conv| {
-                let k = conv.kernel_size;
+                let y = x.relu_conv(conv);
                 // Output t is the window over padded positions t..t+k; line position p is
-                // padded position margin + p, covered by windows margin + p - j, j < k.
-                let y = relu(conv.forward(x.clone())); // [batch, filters, width + 1 - k]
-                (0..k)
-                    .map(|j| y.clone().narrow(2, margin - j, len))
+                // padded position margin + p, covered by windows margin + p - j, j < k (all
+                // of them real windows: they start before width + 1 - k).
+                (0..conv.kernel_size)
+                    .map(|j| y.clone().narrow(at, margin - j, len))
                     .reduce(|a, b| a.max_pair(b))
                     .expect("k >= 1")
             })
             .collect();
-        let h = Tensor::cat(features, 1); // [batch, filters * widths, len]
-        let [_, f, _] = h.dims();
-        let h = h.swap_dims(1, 2).reshape([batch * len, f]);
+        // [batch, len, filters * widths]
+        let h = if at == 1 {
+            Tensor::cat(features, 2)
+        } else {
+            Tensor::cat(features, 1).swap_dims(1, 2)
+        };
+        let f = h.dims()[2];
+        let h = h.reshape([batch * len, f]);
         let n = b.positions.len();
         let at: Tensor<1, Int> =
             Tensor::from_data(TensorData::new(b.positions.clone(), [n]), device);
