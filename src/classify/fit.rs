@@ -28,7 +28,24 @@ pub struct TrainingConfig {
     pub augment_weight: f64,
     /// The stored threshold flags at most this false-positive rate on validation.
     pub threshold_fpr: f64,
+    /// Which lines the validation split (early stopping, the kept epoch, the threshold) is
+    /// drawn from: `all`, or `baseline`: the labeled files' lines only, every augmentation
+    /// line training. With `baseline` an augmented model is validated on the same lines as
+    /// its baseline, so the epoch and threshold are chosen for the distribution the baseline
+    /// already served, not for the added lines (which can outnumber it several times).
+    pub validate_on: ValidateOn,
 }
+
+/// Where [`TrainingConfig::validate_on`] draws the validation split from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidateOn {
+    #[default]
+    All,
+    Baseline,
+}
+
+crate::vocab::named_enum!(ValidateOn { All => "all", Baseline => "baseline" });
 
 impl Default for TrainingConfig {
     fn default() -> Self {
@@ -39,11 +56,28 @@ impl Default for TrainingConfig {
             pos_weight: 0.0,
             augment_weight: 1.0,
             threshold_fpr: 1e-3,
+            validate_on: ValidateOn::All,
         }
     }
 }
 
 impl TrainingConfig {
+    /// Indices of the training and validation examples: `val_fraction` of the unique lines
+    /// by a hash of the text (a line's side never depends on the other lines), then, with
+    /// `validate_on = "baseline"`, the augmentation lines moved to training.
+    pub fn split(&self, examples: &[Example]) -> (Vec<usize>, Vec<usize>) {
+        let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
+        let (mut train, val) = split_train_val(&texts, self.val_fraction);
+        if self.validate_on == ValidateOn::All {
+            return (train, val);
+        }
+        let (added, val): (Vec<usize>, Vec<usize>) =
+            val.into_iter().partition(|&i| examples[i].augment);
+        train.extend(added);
+        train.sort_unstable();
+        (train, val)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| {
             Err(crate::Error::input(format!(
@@ -288,8 +322,7 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
     let cfg = setup.model;
     cfg.validate()?;
     setup.training.validate()?;
-    let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
-    let (train_idx, val_idx) = split_train_val(&texts, setup.training.val_fraction);
+    let (train_idx, val_idx) = setup.training.split(examples);
     let lines: Vec<&str> = examples.iter().map(|e| e.cmd.as_str()).collect();
     let clipped: Vec<Vec<u32>> = setup
         .tokens
@@ -434,4 +467,42 @@ fn val_logits(
         training.batch_tokens,
         |_| {},
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validating_on_the_baseline_moves_every_added_line_to_training() {
+        let examples: Vec<Example> = (0..400)
+            .map(|i| Example {
+                cmd: format!("line {i}"),
+                malicious: i % 7 == 0,
+                augment: i >= 200,
+            })
+            .collect();
+        let all = TrainingConfig::default();
+        let baseline = TrainingConfig {
+            validate_on: ValidateOn::Baseline,
+            ..all.clone()
+        };
+        let (all_train, all_val) = all.split(&examples);
+        let (train, val) = baseline.split(&examples);
+        assert!(
+            all_val.iter().any(|&i| examples[i].augment),
+            "the hash split takes some"
+        );
+        assert!(val.iter().all(|&i| !examples[i].augment));
+        // The baseline lines keep their side: the same validation lines as an unaugmented model.
+        let all_val_baseline: Vec<usize> = all_val
+            .into_iter()
+            .filter(|&i| !examples[i].augment)
+            .collect();
+        assert_eq!(val, all_val_baseline);
+        assert_eq!(train.len() + val.len(), examples.len());
+        assert!(train.windows(2).all(|w| w[0] < w[1]));
+        assert!(all_train.len() < train.len());
+        assert_eq!("baseline".parse::<ValidateOn>(), Ok(ValidateOn::Baseline));
+    }
 }

@@ -564,8 +564,7 @@ fn training_tokens(
     if req.resume && req.out.join(tokens::TOKENIZER_FILE).exists() {
         return Tokens::load(req.out, cfg.tokenizer, cfg.vocab());
     }
-    let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
-    let (train_idx, _) = crate::data::split_train_val(&texts, config.training.val_fraction);
+    let (train_idx, _) = config.training.split(examples);
     let spinner = crate::progress::spinner("training the BPE vocabulary", "lines");
     let start = std::time::Instant::now();
     let tokens = Tokens::train_bpe(

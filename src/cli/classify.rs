@@ -1,6 +1,7 @@
 //! `longtail train-classifier`, `classify`, `evaluate` and `export`.
 
 use longtail::classify::compare::{EvaluateRequest, evaluate_classifiers};
+use longtail::classify::fit::ValidateOn;
 use longtail::classify::score_io::{read_lines, write_scores_jsonl, write_scores_parquet};
 use longtail::classify::{self, Classifier, ClassifierConfig, Threshold, TrainRequest};
 use longtail::{Globals, Label, Result};
@@ -29,6 +30,11 @@ pub struct TrainArgs {
     /// config's training.augment_weight).
     #[arg(long)]
     pub augment_weight: Option<f64>,
+    /// Draw the validation split (early stopping, the kept epoch, the threshold) from `all`
+    /// lines or from the `baseline` (--train) lines only, every --augment line training
+    /// (overrides the config's training.validate_on).
+    #[arg(long, value_name = "all|baseline", value_parser = super::parse_enum::<ValidateOn>)]
+    pub validate_on: Option<ValidateOn>,
     /// Start from this classifier directory's weights (fine-tuning); its architecture is used.
     #[arg(long, conflicts_with = "pretrained")]
     pub init: Option<PathBuf>,
@@ -65,6 +71,9 @@ pub fn train(args: &TrainArgs, globals: &Globals) -> Result<()> {
     }
     if let Some(w) = args.augment_weight {
         config.training.augment_weight = w;
+    }
+    if let Some(v) = args.validate_on {
+        config.training.validate_on = v;
     }
     if let Some(k) = args.ensemble {
         config.ensemble = k;
