@@ -166,9 +166,15 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
         );
     }
     if let Some(v) = &b.validation {
+        let drawn_from = match b.config.training.validate_on {
+            super::fit::ValidateOn::All => "",
+            super::fit::ValidateOn::Baseline => {
+                " of the labeled lines; every augmentation line trained"
+            }
+        };
         s += &format!(
-            "- validation split (hash of the text, {:.0} %): {} lines ({} malicious): ROC AUC {}, \
-             PR AUC {}\n",
+            "- validation split (hash of the text, {:.0} %{drawn_from}): {} lines ({} malicious): \
+             ROC AUC {}, PR AUC {}\n",
             b.config.training.val_fraction * 100.0,
             v.lines,
             v.malicious,
