@@ -227,14 +227,14 @@ impl CnnClassifier {
         let batch = tokens.dims()[0];
         let device = tokens.device();
         let x = ConvInput::new(&self.convs, self.embed.forward(tokens));
-        let at = x.axis();
+        let axis = x.axis();
         let pooled: Vec<Tensor<2>> = self
             .convs
             .iter()
             .map(|conv| {
                 let y = x.relu_conv(conv);
                 let k = conv.kernel_size;
-                let out_len = y.dims()[at];
+                let out_len = y.dims()[axis];
                 // Window t counts when t < max(len_i - k + 1, 1) (<= len + 1 - k, so this also
                 // drops what the GEMM kernel holds past the batch's last window).
                 let limit = lens
@@ -249,15 +249,15 @@ impl CnnClassifier {
                 // After ReLU every value is >= 0, so zeroing the windows that start in the
                 // padding leaves the maximum over the real windows unchanged.
                 let mut keep_shape = [batch, 1, 1];
-                keep_shape[at] = out_len;
+                keep_shape[axis] = out_len;
                 let keep = positions.lower(limit).float().reshape(keep_shape);
                 let filters = conv.weight.dims()[0];
                 let kept = y * keep.clone();
-                let max = kept.clone().max_dim(at).reshape([batch, filters]);
+                let max = kept.clone().max_dim(axis).reshape([batch, filters]);
                 if self.pooling == Pooling::MaxMean as usize {
                     // The mean over the real windows only: their count is the kept mask's sum.
-                    let windows = keep.sum_dim(at).reshape([batch, 1]);
-                    let mean = kept.sum_dim(at).reshape([batch, filters]) / windows;
+                    let windows = keep.sum_dim(axis).reshape([batch, 1]);
+                    let mean = kept.sum_dim(axis).reshape([batch, filters]) / windows;
                     Tensor::cat(vec![max, mean], 1)
                 } else {
                     max
@@ -330,7 +330,6 @@ pub struct WindowRows {
     rows: Tensor<2>,
     batch: usize,
     len: usize,
-    max_width: usize,
 }
 
 impl WindowRows {
@@ -341,12 +340,7 @@ impl WindowRows {
             let tail = Tensor::zeros([max_width - 1, channels], &rows.device());
             rows = Tensor::cat(vec![rows, tail], 0);
         }
-        Self {
-            rows,
-            batch,
-            len,
-            max_width,
-        }
+        Self { rows, batch, len }
     }
 }
 
@@ -362,12 +356,9 @@ impl WindowRows {
 pub fn conv_windows(conv: &Conv1d, x: &WindowRows) -> Tensor<3> {
     let [filters, channels, k] = conv.weight.dims();
     debug_assert!(conv.stride == 1 && conv.dilation == 1 && conv.groups == 1);
-    assert!(
-        k <= x.max_width,
-        "kernel width {k} > WindowRows' {}",
-        x.max_width
-    );
     let rows = x.batch * x.len;
+    let max_width = x.rows.dims()[0] - rows + 1;
+    assert!(k <= max_width, "kernel width {k} > WindowRows' {max_width}");
     // Column j * channels + c of window r is row r + j, channel c: one row gather (flex
     // copies whole rows; the gradient is one scatter-add).
     let windows = if k == 1 {
@@ -528,10 +519,10 @@ mod tests {
             dropout: 0.0,
             ..Default::default()
         };
-        let model = cfg.init(&device.clone().autodiff());
+        let ad = device.clone().autodiff();
+        let model = cfg.init(&ad);
         let rows: Vec<&[u32]> = vec![&[1, 2, 3], &[5; 20], &[9, 8, 7, 6, 5, 4, 3, 2, 1]];
         let hb = HostBatch::new(&cfg, &rows);
-        let ad = device.clone().autodiff();
         // On the autodiff device the embedding output is tracked: the GEMM kernel.
         let train = model.forward(hb.tokens(&ad), hb.lens(&ad));
         assert!(train.is_tracked());

@@ -314,7 +314,7 @@ impl MaskedTokenModel {
             .expand([batch, width, embed]);
         let x = x * (masked.clone().neg().add_scalar(1.0)) + mask * masked;
         let x = ConvInput::new(&self.encoder.convs, x);
-        let at = x.axis();
+        let axis = x.axis();
         let features: Vec<Tensor<3>> = self
             .encoder
             .convs
@@ -325,13 +325,13 @@ impl MaskedTokenModel {
                 // padded position margin + p, covered by windows margin + p - j, j < k (all
                 // of them real windows: they start before width + 1 - k).
                 (0..conv.kernel_size)
-                    .map(|j| y.clone().narrow(at, margin - j, len))
+                    .map(|j| y.clone().narrow(axis, margin - j, len))
                     .reduce(|a, b| a.max_pair(b))
                     .expect("k >= 1")
             })
             .collect();
         // [batch, len, filters * widths]
-        let h = if at == 1 {
+        let h = if axis == 1 {
             Tensor::cat(features, 2)
         } else {
             Tensor::cat(features, 1).swap_dims(1, 2)
