@@ -1,6 +1,7 @@
 //! Training and scoring the byte autoencoder.
 
 use super::batching::{HostBatch, chunk_line};
+use super::encoder::DropoutMasks;
 use super::model::{AutoencoderConfig, ByteAutoencoder, Objective};
 use crate::Result;
 use crate::data::batching::bucket_by_length;
@@ -90,9 +91,15 @@ fn window_of(len: usize, max_len: usize, rng: &mut StdRng) -> (usize, usize) {
     }
 }
 
-fn batch_loss(model: &ByteAutoencoder, hb: &HostBatch, device: &Device) -> Tensor<1> {
+/// Mean loss over the weighted positions of a batch; `dropout` only in a training step.
+fn batch_loss(
+    model: &ByteAutoencoder,
+    hb: &HostBatch,
+    device: &Device,
+    dropout: Option<&mut DropoutMasks>,
+) -> Tensor<1> {
     let b = hb.to_device(device);
-    let nll = model.byte_nll(b.inputs, b.pad, b.targets);
+    let nll = model.byte_nll(b.inputs, b.pad, b.targets, dropout);
     (nll * b.weight.clone()).sum() / b.weight.sum().clamp_min(1.0)
 }
 
@@ -120,9 +127,16 @@ struct AutoencoderTask<'a> {
     val_batches: Vec<HostBatch>,
 }
 
+/// A training batch and the seed of its dropout masks (drawn with the epoch's batches, so a
+/// resumed run repeats them).
+struct TrainBatch {
+    host: HostBatch,
+    dropout_seed: u64,
+}
+
 impl Task for AutoencoderTask<'_> {
     type Model = ByteAutoencoder;
-    type Batch = HostBatch;
+    type Batch = TrainBatch;
 
     fn name(&self) -> &str {
         "detector"
@@ -140,7 +154,7 @@ impl Task for AutoencoderTask<'_> {
         bucket_by_length(&lens, self.sampling.max_batch, self.sampling.batch_tokens).len()
     }
 
-    fn epoch_batches(&self, epoch: usize) -> Vec<Batch<HostBatch>> {
+    fn epoch_batches(&self, epoch: usize) -> Vec<Batch<TrainBatch>> {
         let mut rng = crate::train::epoch_rng(self.seed, epoch);
         let pieces: Vec<_> = (0..self.per_epoch)
             .map(|_| {
@@ -155,20 +169,24 @@ impl Task for AutoencoderTask<'_> {
             .into_iter()
             .map(|hb| Batch {
                 lines: hb.batch,
-                data: hb,
+                data: TrainBatch {
+                    host: hb,
+                    dropout_seed: rng.random(),
+                },
             })
             .collect()
     }
 
-    fn loss(&self, model: &ByteAutoencoder, batch: &HostBatch, device: &Device) -> Tensor<1> {
-        batch_loss(model, batch, device)
+    fn loss(&self, model: &ByteAutoencoder, batch: &TrainBatch, device: &Device) -> Tensor<1> {
+        let mut masks = DropoutMasks::new(batch.dropout_seed);
+        batch_loss(model, &batch.host, device, Some(&mut masks))
     }
 
     fn validate(&self, model: &ByteAutoencoder, device: &Device) -> Result<Metrics> {
         let (mut sum, mut w) = (0.0f64, 0.0f64);
         for hb in &self.val_batches {
             let weight: f64 = hb.weight.iter().map(|&x| x as f64).sum();
-            let l: f32 = batch_loss(model, hb, device).into_scalar();
+            let l: f32 = batch_loss(model, hb, device, None).into_scalar();
             sum += l as f64 * weight;
             w += weight;
         }
@@ -288,7 +306,7 @@ pub fn byte_nlls(
         }
         let b = hb.to_device(device);
         let nll = model
-            .byte_nll(b.inputs, b.pad, b.targets)
+            .byte_nll(b.inputs, b.pad, b.targets, None)
             .into_data_as::<f32>();
         let nll = nll.as_slice::<f32>().expect("f32 data");
         for (row, &i) in group.iter().enumerate() {

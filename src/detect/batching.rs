@@ -114,7 +114,9 @@ impl HostBatch {
                 TensorData::new(self.targets.clone(), shape),
                 device,
             ),
-            pad: Tensor::<2, Bool>::from_data(TensorData::new(self.pad.clone(), shape), device),
+            pad: self.pad.iter().any(|&p| p).then(|| {
+                Tensor::<2, Bool>::from_data(TensorData::new(self.pad.clone(), shape), device)
+            }),
             weight: Tensor::<2>::from_data(TensorData::new(self.weight.clone(), shape), device),
         }
     }
@@ -123,7 +125,8 @@ impl HostBatch {
 pub struct DeviceBatch {
     pub inputs: Tensor<2, Int>,
     pub targets: Tensor<2, Int>,
-    pub pad: Tensor<2, Bool>,
+    /// `None` when no row is padded: the model then skips its masks.
+    pub pad: Option<Tensor<2, Bool>>,
     pub weight: Tensor<2>,
 }
 

@@ -9,6 +9,7 @@
 
 pub mod autoencoder;
 pub mod batching;
+pub mod encoder;
 pub mod features;
 pub mod iforest;
 pub mod model;

@@ -7,10 +7,9 @@
 //! - `bottleneck`: encoder -> mean-pooled code of a few dimensions -> decoder that sees only
 //!   the code and the positions. Rare structure does not fit through the code.
 
+use super::encoder::{DropoutMasks, encode};
 use burn::module::Module;
-use burn::nn::transformer::{
-    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
-};
+use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor};
@@ -154,8 +153,14 @@ pub struct ByteAutoencoder {
 
 impl ByteAutoencoder {
     /// Logits over the 256 byte values, `[batch, len, 256]`.
-    /// `inputs` may contain MASK and PAD; `pad` is true where the position is padding.
-    pub fn forward(&self, inputs: Tensor<2, Int>, pad: Tensor<2, Bool>) -> Tensor<3> {
+    /// `inputs` may contain MASK and PAD; `pad` is true where the position is padding (`None`:
+    /// the batch has none). `dropout` is `Some` for a training step only.
+    pub fn forward(
+        &self,
+        inputs: Tensor<2, Int>,
+        pad: Option<Tensor<2, Bool>>,
+        mut dropout: Option<&mut DropoutMasks>,
+    ) -> Tensor<3> {
         let [batch, len] = inputs.dims();
         let device = inputs.device();
         let positions = Tensor::<1, Int>::arange(0..len as i64, &device)
@@ -163,18 +168,21 @@ impl ByteAutoencoder {
             .expand([batch, len]);
         let pos = self.pos_embed.forward(positions);
         let x = self.byte_embed.forward(inputs) + pos.clone();
-        let mut h = self
-            .encoder
-            .forward(TransformerEncoderInput::new(x).mask_pad(pad.clone()));
+        let mut h = encode(&self.encoder, x, pad.as_ref(), dropout.as_deref_mut());
         if let (Some(to_code), Some(from_code), Some(decoder)) =
             (&self.to_code, &self.from_code, &self.decoder)
         {
             // Mean over real bytes only, so padding does not dilute the code.
-            let keep = pad.clone().bool_not().float().reshape([batch, len, 1]);
-            let pooled = (h * keep.clone()).sum_dim(1) / keep.sum_dim(1).clamp_min(1.0);
+            let pooled = match &pad {
+                Some(pad) => {
+                    let keep = pad.clone().bool_not().float().reshape([batch, len, 1]);
+                    (h * keep.clone()).sum_dim(1) / keep.sum_dim(1).clamp_min(1.0)
+                }
+                None => h.mean_dim(1),
+            };
             let code = to_code.forward(pooled).tanh();
             let z = from_code.forward(code); // [batch, 1, d_model], broadcast over positions
-            h = decoder.forward(TransformerEncoderInput::new(pos + z).mask_pad(pad));
+            h = encode(decoder, pos + z, pad.as_ref(), dropout);
         }
         self.head.forward(self.norm.forward(h))
     }
@@ -183,11 +191,12 @@ impl ByteAutoencoder {
     pub fn byte_nll(
         &self,
         inputs: Tensor<2, Int>,
-        pad: Tensor<2, Bool>,
+        pad: Option<Tensor<2, Bool>>,
         targets: Tensor<2, Int>,
+        dropout: Option<&mut DropoutMasks>,
     ) -> Tensor<2> {
         let [batch, len] = targets.dims();
-        let logp = log_softmax(self.forward(inputs, pad), 2);
+        let logp = log_softmax(self.forward(inputs, pad, dropout), 2);
         logp.gather(2, targets.reshape([batch, len, 1]))
             .reshape([batch, len])
             .neg()
