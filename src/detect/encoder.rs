@@ -3,8 +3,9 @@
 //! The module (and so every saved detector) is Burn's; only the forward pass is ours, for
 //! speed on flex (`docs/benchmarks.md`, "Where the time goes"), where Burn's pass spends 28% of
 //! a training step drawing dropout masks. Differences, all in how, not what:
-//! - dropout masks come from [`DropoutMasks`], a counter-based generator filled in parallel,
-//!   with the `1 / keep` scale folded in (one multiply instead of Burn's ChaCha draw and two);
+//! - dropout masks on flex come from [`DropoutMasks`], a counter-based generator filled in
+//!   parallel, with the `1 / keep` scale folded in (one multiply instead of Burn's ChaCha
+//!   draw and two);
 //! - the `1 / sqrt(d_k)` scale multiplies the queries, not the `[batch, heads, len, len]`
 //!   scores (8x fewer elements at 128 bytes and 16-dimensional heads);
 //! - a batch without padding skips the attention mask.
@@ -15,7 +16,7 @@
 use burn::nn::attention::MultiHeadAttention;
 use burn::nn::transformer::TransformerEncoder;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Elements per independently seeded block of a mask: large enough to amortise seeding, small
@@ -38,11 +39,20 @@ impl DropoutMasks {
 
     /// `x` with each element zeroed with probability `prob`, the rest scaled by
     /// `1 / (1 - prob)`. `prob = 0` returns `x` unchanged.
+    ///
+    /// On flex the mask is built here; on a GPU it is drawn on the device by Burn's generator
+    /// (seeded by `--seed`), since a host-built mask would cross the bus at every step.
     pub fn apply<const D: usize>(&mut self, x: Tensor<D>, prob: f64) -> Tensor<D> {
         if prob <= 0.0 {
             return x;
         }
-        let mask = self.mask(x.dims(), prob, &x.device());
+        let device = x.device();
+        let mask = if device == Device::flex() {
+            self.mask(x.dims(), prob, &device)
+        } else {
+            x.random_like(Distribution::Bernoulli(1.0 - prob))
+                .mul_scalar(1.0 / (1.0 - prob))
+        };
         x * mask
     }
 
@@ -187,7 +197,6 @@ fn attention(
 mod tests {
     use super::*;
     use burn::nn::transformer::{TransformerEncoderConfig, TransformerEncoderInput};
-    use burn::tensor::Distribution;
 
     fn encoder(device: &Device, dropout: f64) -> TransformerEncoder {
         TransformerEncoderConfig::new(32, 64, 4, 2)
@@ -212,7 +221,7 @@ mod tests {
 
     #[test]
     fn computes_burns_encoder_at_inference() {
-        let device = Device::default();
+        let device = Device::flex();
         let enc = encoder(&device, 0.1);
         let (x, pad) = inputs(&device);
         let burn = enc.forward(TransformerEncoderInput::new(x.clone()).mask_pad(pad.clone()));
@@ -227,7 +236,7 @@ mod tests {
 
     #[test]
     fn gradients_match_burns_without_dropout() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let enc = encoder(&device, 0.0);
         let (x, pad) = inputs(&device);
         let x = x.require_grad();
@@ -253,12 +262,12 @@ mod tests {
 
     #[test]
     fn masks_drop_the_right_share_and_repeat_for_a_seed() {
-        let device = Device::default();
+        let device = Device::flex();
         let ones = Tensor::<3>::ones([4, 100, 257], &device);
-        let draw = |seed| {
+        let draw_on = |seed, device: &Device| {
             let mut masks = DropoutMasks::new(seed);
             let first = masks
-                .apply(ones.clone(), 0.25)
+                .apply(Tensor::<3>::ones([4, 100, 257], device), 0.25)
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap();
@@ -269,7 +278,10 @@ mod tests {
                 .unwrap();
             (first, second)
         };
+        let draw = |seed| draw_on(seed, &device);
         let (a, b) = draw(1);
+        // Training runs on flex's autodiff device: it must take the same (fast) path.
+        assert_eq!(a, draw_on(1, &device.clone().autodiff()).0);
         assert_eq!(a, draw(1).0, "the same seed gives the same masks");
         assert_ne!(a, b, "consecutive masks differ");
         assert_ne!(a, draw(2).0, "another seed gives other masks");
