@@ -215,7 +215,7 @@ mod tests {
         (x, Tensor::from_data(TensorData::new(pad, [3, 16]), device))
     }
 
-    fn max_abs_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
+    fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         (a - b).abs().max().into_scalar()
     }
 
@@ -246,37 +246,25 @@ mod tests {
         let ours = encode(&enc, x.clone(), Some(&pad), Some(&mut masks));
         let grads_ours = (ours.clone() * ours).sum().backward();
         let gx = |g| x.grad(g).expect("x has a gradient");
-        let diff = (gx(&grads_burn) - gx(&grads_ours))
-            .abs()
-            .max()
-            .into_scalar::<f32>();
+        let diff = max_abs_diff(gx(&grads_burn), gx(&grads_ours));
         assert!(diff < 1e-4, "input gradients differ by {diff}");
         let w = &enc.layers[0].mha.query.weight;
         let gw = |g| w.grad(g).expect("query weight has a gradient");
-        let diff = (gw(&grads_burn) - gw(&grads_ours))
-            .abs()
-            .max()
-            .into_scalar::<f32>();
+        let diff = max_abs_diff(gw(&grads_burn), gw(&grads_ours));
         assert!(diff < 1e-4, "query weight gradients differ by {diff}");
     }
 
     #[test]
     fn masks_drop_the_right_share_and_repeat_for_a_seed() {
         let device = Device::flex();
-        let ones = Tensor::<3>::ones([4, 100, 257], &device);
         let draw_on = |seed, device: &Device| {
             let mut masks = DropoutMasks::new(seed);
-            let first = masks
-                .apply(Tensor::<3>::ones([4, 100, 257], device), 0.25)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
-            let second = masks
-                .apply(ones.clone(), 0.25)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
-            (first, second)
+            let ones = Tensor::<3>::ones([4, 100, 257], device);
+            let mut draw = || {
+                let mask = masks.apply(ones.clone(), 0.25).into_data();
+                mask.try_to_vec::<f32>().unwrap()
+            };
+            (draw(), draw())
         };
         let draw = |seed| draw_on(seed, &device);
         let (a, b) = draw(1);
