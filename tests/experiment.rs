@@ -27,11 +27,31 @@ fn globals() -> Globals {
 
 #[test]
 fn shipped_configs_parse_and_validate() {
-    for name in ["demo.toml", "full.toml", "demo-llm.toml", "ops.toml"] {
+    for name in [
+        "demo.toml",
+        "full.toml",
+        "demo-llm.toml",
+        "ops.toml",
+        "ops-llm.toml",
+        "ops-steady.toml",
+    ] {
         let path = repo().join("configs").join(name);
         let cfg = ExperimentConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(cfg.arms.contains(&experiment::Arm::Baseline), "{name}");
     }
+    // The steady variant differs from ops.toml only where its header says.
+    let load = |name: &str| ExperimentConfig::from_toml_file(&repo().join("configs").join(name));
+    let (ops, steady) = (load("ops.toml").unwrap(), load("ops-steady.toml").unwrap());
+    assert_eq!(steady.classifier.ensemble, 3);
+    assert!(steady.select.skip_placeholders && !ops.select.skip_placeholders);
+    assert_eq!(
+        serde_json::to_string(&steady.data).unwrap(),
+        serde_json::to_string(&ops.data).unwrap()
+    );
+    assert_eq!(
+        serde_json::to_string(&steady.detector).unwrap(),
+        serde_json::to_string(&ops.detector).unwrap()
+    );
 }
 
 #[test]
