@@ -449,6 +449,7 @@ fn classifier_guided_and_diversity_arms_spend_the_budget_on_what_they_promise() 
         experiment::Arm::AnomalyFp,
         experiment::Arm::Diversity,
         experiment::Arm::Random,
+        experiment::Arm::NovelRandom,
     ];
     let config = write_config(tmp.path(), &cfg);
     let req = RunRequest {
@@ -468,6 +469,27 @@ fn classifier_guided_and_diversity_arms_spend_the_budget_on_what_they_promise() 
         let n = crate::util::column(&labels(arm), "cmd").len();
         assert_eq!(n, cfg.select.budget, "{arm} spends the budget");
     }
+    // novel_random is random's draw without the baseline's families: it takes no baseline
+    // line, and shares with random exactly those of random's picks that are not in it.
+    let texts = |arm: &str| -> Vec<String> {
+        crate::util::column(&labels(arm), "cmd")
+            .into_iter()
+            .map(|c| c.unwrap())
+            .collect()
+    };
+    let (novel, random) = (texts("novel_random"), texts("random"));
+    assert!(!novel.is_empty() && novel.len() <= cfg.select.budget);
+    let baseline: std::collections::HashSet<String> =
+        crate::util::column(&out.join("data/baseline.parquet"), "cmd")
+            .into_iter()
+            .map(|c| c.unwrap())
+            .collect();
+    assert!(novel.iter().all(|c| !baseline.contains(c)), "{novel:?}");
+    assert!(
+        random.iter().any(|c| baseline.contains(c)),
+        "the sample's stream repeats baseline lines, so random takes some"
+    );
+    assert_ne!(novel, random);
     // fp_risk's scores are the baseline classifier's own scores of those lines, and they sit
     // at the top of its scores of the whole stream.
     let model =

@@ -66,6 +66,11 @@ pub enum Arm {
     /// on the operational stream random lines covered far more of the later tail than the
     /// anomaly arms did (docs/results/ops.md).
     Representative,
+    /// The random control's draw restricted to lines of coarse clusters (Jaccard 0.5) that
+    /// hold no baseline line: the same draw as `random`, minus the families the baseline
+    /// already has. An ablation of `representative` (is it the novelty of its families, or
+    /// taking the largest ones first, that helps?) and a control that needs no detector.
+    NovelRandom,
 }
 
 crate::vocab::named_enum!(Arm {
@@ -79,6 +84,7 @@ crate::vocab::named_enum!(Arm {
     AnomalyFp => "anomaly_fp",
     Diversity => "diversity",
     Representative => "representative",
+    NovelRandom => "novel_random",
 });
 
 impl Arm {
@@ -95,6 +101,7 @@ impl Arm {
             Arm::AnomalyFp => "+ anomalous and flagged (rank product)",
             Arm::Diversity => "+ anomalies across tail clusters",
             Arm::Representative => "+ largest tail families the baseline lacks",
+            Arm::NovelRandom => "+ random lines of families the baseline lacks",
         }
     }
 
@@ -984,9 +991,31 @@ impl Runner<'_> {
         };
         let score = match arm {
             Arm::OracleAll => return Ok(keep((0..n).map(|i| (i, 0.0)).collect())),
-            Arm::Random => {
-                let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
-                (0..n).map(|_| rng.random::<f64>()).collect()
+            Arm::Random => random_draw(n, seed),
+            Arm::NovelRandom => {
+                // The random control's draw, so the two arms differ only by the filter.
+                let novel = outside_baseline_families(&stream.cmd, &self.baseline, seed)?;
+                let score = masked(
+                    random_draw(n, seed)
+                        .into_iter()
+                        .zip(&novel)
+                        .map(|(r, &new)| if new { r } else { f64::MIN })
+                        .collect(),
+                );
+                let picks = crate::select::select_top(
+                    &stream.cmd,
+                    &score,
+                    cfg.select.budget,
+                    cfg.select.near_dup_threshold,
+                    seed,
+                )?;
+                return Ok(keep(
+                    picks
+                        .into_iter()
+                        .filter(|&(i, _)| novel[i])
+                        .map(|(i, _)| (i, score[i]))
+                        .collect(),
+                ));
             }
             Arm::Baseline => return Err(Error::runtime("the baseline arm selects nothing")),
             Arm::FpRisk => baseline()?.to_vec(),
@@ -1316,6 +1345,30 @@ pub(crate) fn coarse_clusters(texts: &[&str], seed: u64) -> Result<Vec<u32>> {
 /// The dense families of the stream the baseline lacks: coarse clusters (estimated Jaccard
 /// at least 0.5) holding no `baseline` line, largest first (ties: the higher best score),
 /// and of each its highest-scoring line, until `budget` lines.
+/// The random control's draw: one uniform number per stream line, by seed.
+fn random_draw(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
+    (0..n).map(|_| rng.random::<f64>()).collect()
+}
+
+/// Which stream lines fall in a coarse cluster (estimated Jaccard >= 0.5) holding no line of
+/// the baseline: the families of the stream that the baseline lacks.
+fn outside_baseline_families(
+    cmds: &[String],
+    baseline: &std::collections::HashSet<String>,
+    seed: u64,
+) -> Result<Vec<bool>> {
+    let texts: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let clusters = coarse_clusters(&texts, seed)?;
+    let known: std::collections::HashSet<u32> = clusters
+        .iter()
+        .zip(cmds)
+        .filter(|(_, c)| baseline.contains(*c))
+        .map(|(&k, _)| k)
+        .collect();
+    Ok(clusters.iter().map(|k| !known.contains(k)).collect())
+}
+
 fn densest_families(
     cmds: &[String],
     score: &[f64],
@@ -1499,5 +1552,26 @@ mod tests {
             .map(|p| p.0)
             .collect();
         assert_eq!(idx, vec![5, 12, 13]);
+    }
+
+    #[test]
+    fn novel_lines_are_those_of_families_without_a_baseline_line() {
+        let mut cmds = Vec::new();
+        let mut score = Vec::new();
+        family(&mut cmds, &mut score, 5, choco, |_| 0.0);
+        family(&mut cmds, &mut score, 5, docker, |_| 0.0);
+        cmds.push("Get-ChildItem -Recurse C:\\Windows\\Temp | Remove-Item -Force".into());
+        // The baseline holds one docker line: its whole family is known, the rest is new.
+        let known: std::collections::HashSet<String> = [cmds[7].clone()].into();
+        let novel = outside_baseline_families(&cmds, &known, 1).unwrap();
+        let expected: Vec<bool> = (0..cmds.len()).map(|i| !(5..10).contains(&i)).collect();
+        assert_eq!(novel, expected);
+        let none = std::collections::HashSet::new();
+        assert!(
+            outside_baseline_families(&cmds, &none, 1)
+                .unwrap()
+                .iter()
+                .all(|&n| n)
+        );
     }
 }
