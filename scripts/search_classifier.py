@@ -5,8 +5,8 @@ For every variant (a set of overrides of an experiment config's [classifier] sec
 runs `longtail run --arms baseline` over the same seeds on a copy of the config that holds
 out a dev hard split (`data.hard_dev_fraction`), and ranks the variants by their mean dev
 AUC (`--rank-by auc`) or mean dev TPR at FPR 1e-3 (`--rank-by tpr`, ties broken by AUC):
-declare which before the run. Only the chosen variant's hard-test figures are printed: the test is not looked at while
-choosing. The datasets are built once and shared by every variant (same data config, same
+declare which before the run. Only the chosen variant's hard-test figures are printed: the
+test is not looked at while choosing. The datasets are built once and shared by every variant (same data config, same
 stage key).
 
 Usage:

@@ -470,7 +470,7 @@ fn classifier_guided_and_diversity_arms_spend_the_budget_on_what_they_promise() 
         assert_eq!(n, cfg.select.budget, "{arm} spends the budget");
     }
     // novel_random is random's draw without the baseline's families: it takes no baseline
-    // line, and shares with random exactly those of random's picks that are not in it.
+    // line, where random (on this stream, which repeats baseline lines) does.
     let texts = |arm: &str| -> Vec<String> {
         crate::util::column(&labels(arm), "cmd")
             .into_iter()

@@ -1342,9 +1342,6 @@ pub(crate) fn coarse_clusters(texts: &[&str], seed: u64) -> Result<Vec<u32>> {
     )
 }
 
-/// The dense families of the stream the baseline lacks: coarse clusters (estimated Jaccard
-/// at least 0.5) holding no `baseline` line, largest first (ties: the higher best score),
-/// and of each its highest-scoring line, until `budget` lines.
 /// The random control's draw: one uniform number per stream line, by seed.
 fn random_draw(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0fc0_4701);
@@ -1369,6 +1366,9 @@ fn outside_baseline_families(
     Ok(clusters.iter().map(|k| !known.contains(k)).collect())
 }
 
+/// The dense families of the stream the baseline lacks: coarse clusters (estimated Jaccard
+/// at least 0.5) holding no `baseline` line, largest first (ties: the higher best score),
+/// and of each its highest-scoring line, until `budget` lines.
 fn densest_families(
     cmds: &[String],
     score: &[f64],
