@@ -34,6 +34,7 @@ fn shipped_configs_parse_and_validate() {
         "ops.toml",
         "ops-llm.toml",
         "ops-steady.toml",
+        "ops-llm-steady.toml",
     ] {
         let path = repo().join("configs").join(name);
         let cfg = ExperimentConfig::from_toml_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -52,6 +53,26 @@ fn shipped_configs_parse_and_validate() {
         serde_json::to_string(&steady.detector).unwrap(),
         serde_json::to_string(&ops.detector).unwrap()
     );
+    // The steady LLM run is ops-llm.toml with ops-steady's classifiers: so it can reuse both
+    // runs' stages (the baselines of one, the LLM answers of the other).
+    let (llm, llm_steady) = (
+        load("ops-llm.toml").unwrap(),
+        load("ops-llm-steady.toml").unwrap(),
+    );
+    use serde_json::json;
+    for (section, ours, theirs) in [
+        (
+            "classifier",
+            json!(llm_steady.classifier),
+            json!(steady.classifier),
+        ),
+        ("data", json!(llm_steady.data), json!(llm.data)),
+        ("detector", json!(llm_steady.detector), json!(llm.detector)),
+        ("select", json!(llm_steady.select), json!(llm.select)),
+        ("label", json!(llm_steady.label), json!(llm.label)),
+    ] {
+        assert_eq!(ours, theirs, "ops-llm-steady.toml's [{section}]");
+    }
 }
 
 #[test]
