@@ -435,6 +435,56 @@ fn config_errors_say_what_to_fix() {
     assert!(err.to_string().contains("nowhere"), "{err}");
 }
 
+/// Issue 12's bad input: a budget larger than the stream, a source without the command
+/// column, a source file that is not there. Each is refused with exit code 2 and a message
+/// that says what to change, before any model trains.
+#[test]
+fn bad_experiment_input_is_refused_before_any_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_config(&out);
+    cfg.select.budget = 1_000_000;
+    let request = RunRequest {
+        config: write_config(tmp.path(), &cfg),
+        ..Default::default()
+    };
+    let err = experiment::run(&request, &globals()).expect_err("more labels than lines");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("exceeds the stream"), "{err}");
+    assert!(!out.join("seed-3").exists(), "no seed stage ran: {err}");
+
+    // A copy of the sample whose first source names its command field `command`.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for entry in std::fs::read_dir(sample_dir()).unwrap().flatten() {
+        std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
+    }
+    let first = data.join(&cfg.data.sources[0].file);
+    let renamed = std::fs::read_to_string(&first)
+        .unwrap()
+        .replace("\"cmd\":", "\"command\":");
+    std::fs::write(&first, renamed).unwrap();
+    let err = datasets::build(&DataConfig {
+        dir: data,
+        ..cfg.data.clone()
+    })
+    .err()
+    .expect("a source without the cmd column");
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string().contains(&cfg.data.sources[0].file),
+        "names the file: {err}"
+    );
+
+    let mut missing = cfg.data.clone();
+    missing.sources[1].file = "not_there.jsonl".into();
+    let err = datasets::build(&missing)
+        .err()
+        .expect("a missing source file");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("not_there.jsonl"), "{err}");
+}
+
 #[test]
 fn overrides_are_applied_and_reported_in_the_command() {
     let args = RunRequest {

@@ -28,7 +28,7 @@
 use crate::data::UnionFind;
 use crate::data::minhash::{MinHashConfig, near_duplicate_clusters};
 use crate::error::{Context, Error, Result};
-use crate::io::read::{ReadOptions, for_each_record_ref};
+use crate::io::read::{DEFAULT_COLUMNS, ReadOptions, for_each_record_ref};
 use crate::io::table;
 use crate::vocab::Label;
 pub use crate::vocab::Role;
@@ -428,7 +428,9 @@ fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -
     };
     let mut rows: Vec<Raw> = Vec::new();
     let mut seen_here: HashSet<String> = Default::default();
+    let mut records = 0usize;
     for_each_record_ref(&[path.display().to_string()], &opts, |r| {
+        records += 1;
         summary.records_read += 1;
         if r.cmd.trim().is_empty() || !seen_here.insert(r.cmd.to_string()) {
             return Ok(());
@@ -458,6 +460,16 @@ fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -
         });
         Ok(())
     })?;
+    // The reader skips rows without a command field; a source where every row is skipped is
+    // a wrong file or field name, and would surface later as a split with no lines.
+    if rows.is_empty() {
+        return Err(Error::input(format!(
+            "data source {} holds no command line ({records} records with a command field): \
+             each row needs a non-empty command in one of the fields {DEFAULT_COLUMNS:?}; fix \
+             the file or remove it from [[data.sources]]",
+            path.display()
+        )));
+    }
     Ok(rows)
 }
 
