@@ -6,6 +6,7 @@ use longtail::experiment::datasets::{self, DataConfig, Role, Split};
 use longtail::experiment::report::Results;
 use longtail::experiment::{self, ExperimentConfig, RunRequest};
 use longtail::{Globals, Label};
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -59,7 +60,6 @@ fn shipped_configs_parse_and_validate() {
         load("ops-llm.toml").unwrap(),
         load("ops-llm-steady.toml").unwrap(),
     );
-    use serde_json::json;
     for (section, ours, theirs) in [
         (
             "classifier",
@@ -471,9 +471,10 @@ fn bad_experiment_input_is_refused_before_any_training() {
     .err()
     .expect("a source without the cmd column");
     assert_eq!(err.exit_code(), 2);
+    let text = err.to_string();
     assert!(
-        err.to_string().contains(&cfg.data.sources[0].file),
-        "names the file: {err}"
+        text.contains(&cfg.data.sources[0].file) && text.contains("\"cmd\""),
+        "names the file and the field it reads: {err}"
     );
 
     let mut missing = cfg.data.clone();
