@@ -46,32 +46,46 @@ fn shipped_configs_parse_and_validate() {
     let (ops, steady) = (load("ops.toml").unwrap(), load("ops-steady.toml").unwrap());
     assert_eq!(steady.classifier.ensemble, 3);
     assert!(steady.select.skip_placeholders && !ops.select.skip_placeholders);
-    assert_eq!(
-        serde_json::to_string(&steady.data).unwrap(),
-        serde_json::to_string(&ops.data).unwrap()
-    );
-    assert_eq!(
-        serde_json::to_string(&steady.detector).unwrap(),
-        serde_json::to_string(&ops.detector).unwrap()
-    );
     // The steady LLM run is ops-llm.toml with ops-steady's classifiers: so it can reuse both
     // runs' stages (the baselines of one, the LLM answers of the other).
     let (llm, llm_steady) = (
         load("ops-llm.toml").unwrap(),
         load("ops-llm-steady.toml").unwrap(),
     );
-    for (section, ours, theirs) in [
+    for (what, ours, theirs) in [
+        ("ops-steady [data]", json!(steady.data), json!(ops.data)),
         (
-            "classifier",
+            "ops-steady [detector]",
+            json!(steady.detector),
+            json!(ops.detector),
+        ),
+        (
+            "ops-llm-steady [classifier]",
             json!(llm_steady.classifier),
             json!(steady.classifier),
         ),
-        ("data", json!(llm_steady.data), json!(llm.data)),
-        ("detector", json!(llm_steady.detector), json!(llm.detector)),
-        ("select", json!(llm_steady.select), json!(llm.select)),
-        ("label", json!(llm_steady.label), json!(llm.label)),
+        (
+            "ops-llm-steady [data]",
+            json!(llm_steady.data),
+            json!(llm.data),
+        ),
+        (
+            "ops-llm-steady [detector]",
+            json!(llm_steady.detector),
+            json!(llm.detector),
+        ),
+        (
+            "ops-llm-steady [select]",
+            json!(llm_steady.select),
+            json!(llm.select),
+        ),
+        (
+            "ops-llm-steady [label]",
+            json!(llm_steady.label),
+            json!(llm.label),
+        ),
     ] {
-        assert_eq!(ours, theirs, "ops-llm-steady.toml's [{section}]");
+        assert_eq!(ours, theirs, "{what}");
     }
 }
 

@@ -428,9 +428,8 @@ fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -
     };
     let mut rows: Vec<Raw> = Vec::new();
     let mut seen_here: HashSet<String> = Default::default();
-    let mut records = 0usize;
+    let records_before = summary.records_read;
     for_each_record_ref(&[path.display().to_string()], &opts, |r| {
-        records += 1;
         summary.records_read += 1;
         if r.cmd.trim().is_empty() || !seen_here.insert(r.cmd.to_string()) {
             return Ok(());
@@ -463,6 +462,7 @@ fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -
     // The reader skips rows without a command field; a source where every row is skipped is
     // a wrong file or field name, and would surface later as a split with no lines.
     if rows.is_empty() {
+        let records = summary.records_read - records_before;
         return Err(Error::input(format!(
             "data source {} holds no command line ({records} records with a command field): \
              each row needs a non-empty command in one of the fields {DEFAULT_COLUMNS:?}; fix \
