@@ -308,6 +308,7 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
         oracle_malicious_precision: None,
         ensemble: None,
         skip_placeholders: false,
+        known_truth_only: false,
     };
     experiment::run(&args, &globals()).unwrap();
 
@@ -513,12 +514,81 @@ fn overrides_are_applied_and_reported_in_the_command() {
         oracle_malicious_precision: None,
         ensemble: Some(3),
         skip_placeholders: true,
+        known_truth_only: true,
     };
     assert_eq!(
         args.command(),
         "longtail run --config configs/full.toml --out runs/b --budget 1500 --seeds 1,2 \
-         --arms baseline,random --oracle-benign-precision 0.9 --ensemble 3 --skip-placeholders"
+         --arms baseline,random --oracle-benign-precision 0.9 --ensemble 3 --skip-placeholders \
+         --known-truth-only"
     );
+}
+
+/// `known_truth_only` (the oracle's blind-spot analysis): no arm but the upper bound spends a
+/// label on a line of unknown truth, every arm still spends its whole budget, and with an LLM
+/// labeler the flag is refused before anything runs.
+#[test]
+fn known_truth_only_spends_every_label_on_a_line_the_oracle_can_judge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = tiny_config(&out);
+    cfg.select.known_truth_only = true;
+    cfg.arms = vec![
+        experiment::Arm::Baseline,
+        experiment::Arm::Iforest,
+        experiment::Arm::Random,
+        experiment::Arm::NovelRandom,
+        experiment::Arm::OracleAll,
+    ];
+    let config = write_config(tmp.path(), &cfg);
+    experiment::run(
+        &RunRequest {
+            config,
+            ..Default::default()
+        },
+        &globals(),
+    )
+    .unwrap();
+    let stream = datasets::Table::read(&out.join("data").join(datasets::TRUTH)).unwrap();
+    let unknown: HashSet<&str> = stream
+        .cmd
+        .iter()
+        .zip(&stream.label)
+        .filter(|(_, truth)| truth.is_none())
+        .map(|(c, _)| c.as_str())
+        .collect();
+    assert!(
+        !unknown.is_empty(),
+        "the sample's stream has lines of unknown truth: the check below means something"
+    );
+    for arm in ["iforest", "random", "novel_random", "oracle_all"] {
+        let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
+        let picked: Vec<String> = longtail::io::read_labeled(std::slice::from_ref(&labels), false)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.cmd)
+            .collect();
+        let blind = picked
+            .iter()
+            .filter(|c| unknown.contains(c.as_str()))
+            .count();
+        if arm == "oracle_all" {
+            assert_eq!(
+                blind,
+                unknown.len(),
+                "the upper bound still labels everything"
+            );
+        } else {
+            assert_eq!(blind, 0, "{arm} spent labels the oracle cannot judge");
+            assert_eq!(picked.len(), cfg.select.budget, "{arm} spends its budget");
+        }
+    }
+
+    cfg.label.labelers = vec![experiment::LabelerKind::Llm];
+    cfg.label.llm = Some(Default::default());
+    let err = cfg.validate().expect_err("an LLM judges the background");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("known_truth_only"), "{err}");
 }
 
 /// The selection arms beyond the source work: `fp_risk` labels the stream lines the baseline

@@ -52,6 +52,12 @@ pub struct RunArgs {
     /// finished run's data, detectors and baselines, copy those folders to the new --out.
     #[arg(long)]
     pub skip_placeholders: bool,
+    /// Set `[select] known_truth_only`: no arm selects a stream line whose truth is unknown
+    /// (the telemetry background), so every label gets an oracle verdict. A sensitivity
+    /// analysis of the oracle's blind spot (what would the arms gain if the background cost
+    /// no labels?), not a deployable setting; oracle labelers only.
+    #[arg(long)]
+    pub known_truth_only: bool,
 }
 
 impl RunArgs {
@@ -67,6 +73,7 @@ impl RunArgs {
             oracle_malicious_precision: self.oracle_malicious_precision,
             ensemble: self.ensemble,
             skip_placeholders: self.skip_placeholders,
+            known_truth_only: self.known_truth_only,
         }
     }
 }

@@ -151,6 +151,23 @@ pub struct SelectStage {
     /// the random control and the upper bound included.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_placeholders: bool,
+    /// A sensitivity analysis of the oracle's blind spot, not a deployable setting: no arm
+    /// selects a stream line whose truth is unknown (the real telemetry background), so
+    /// every label an arm spends gets a verdict, as if the labeler judged every line but its
+    /// verdicts on the background taught nothing. Oracle labelers only. The upper bound is
+    /// unchanged: the oracle gives those lines no verdict anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub known_truth_only: bool,
+}
+
+impl SelectStage {
+    /// Whether `arm` may send a stream line to the labeler under `skip_placeholders` and
+    /// `known_truth_only`.
+    fn may_select(&self, arm: Arm, cmd: &str, truth: Option<Label>) -> bool {
+        let placeholder = self.skip_placeholders && crate::data::has_placeholder(cmd);
+        let blind = self.known_truth_only && arm != Arm::OracleAll && truth.is_none();
+        !placeholder && !blind
+    }
 }
 
 impl Default for SelectStage {
@@ -160,6 +177,7 @@ impl Default for SelectStage {
             near_dup_threshold: 0.8,
             score_batch_tokens: 16_384,
             skip_placeholders: false,
+            known_truth_only: false,
         }
     }
 }
@@ -375,6 +393,13 @@ impl ExperimentConfig {
         if self.label.labelers.is_empty() {
             return Err(Error::input("[label] labelers is empty: use [\"oracle\"]"));
         }
+        if self.select.known_truth_only && self.label.labelers.contains(&LabelerKind::Llm) {
+            return Err(Error::input(
+                "[select] known_truth_only measures the oracle's blind spot on lines of unknown \
+                 truth; an LLM labels those lines, so drop \"llm\" from [label] labelers or \
+                 the flag",
+            ));
+        }
         if self.label.labelers.contains(&LabelerKind::Llm) && self.label.llm.is_none() {
             return Err(Error::input(
                 "[label] labelers has \"llm\" but there is no [label.llm] section with base_url and model",
@@ -407,6 +432,8 @@ pub struct RunRequest {
     pub ensemble: Option<usize>,
     /// Set `[select] skip_placeholders`.
     pub skip_placeholders: bool,
+    /// Set `[select] known_truth_only`.
+    pub known_truth_only: bool,
 }
 
 impl RunRequest {
@@ -439,6 +466,9 @@ impl RunRequest {
         if self.skip_placeholders {
             c += " --skip-placeholders";
         }
+        if self.known_truth_only {
+            c += " --known-truth-only";
+        }
         c
     }
 
@@ -465,6 +495,9 @@ impl RunRequest {
         }
         if self.skip_placeholders {
             cfg.select.skip_placeholders = true;
+        }
+        if self.known_truth_only {
+            cfg.select.known_truth_only = true;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -564,6 +597,16 @@ pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
              grow the stream ([data] stream_common_lines, tail sources)",
             cfg.select.budget,
             tables.stream.cmd.len()
+        )));
+    }
+    let selectable = (tables.stream.cmd.iter().zip(&tables.stream.label))
+        .filter(|(c, truth)| cfg.select.may_select(Arm::Random, c, **truth))
+        .count();
+    if cfg.select.budget > selectable {
+        return Err(Error::input(format!(
+            "[select] budget = {} exceeds the {selectable} stream lines an arm may select \
+             under skip_placeholders / known_truth_only: lower the budget or drop a flag",
+            cfg.select.budget,
         )));
     }
     let mut outcomes = Vec::new();
@@ -865,6 +908,11 @@ impl Runner<'_> {
         } else {
             selection_key
         };
+        let selection_key = if cfg.select.known_truth_only && arm != Arm::OracleAll {
+            key_of(&(selection_key, "known_truth_only"))
+        } else {
+            selection_key
+        };
         let key = key_of(&(
             "label/2",
             &data.key,
@@ -956,7 +1004,8 @@ impl Runner<'_> {
         let allowed: Vec<bool> = stream
             .cmd
             .iter()
-            .map(|c| !(cfg.select.skip_placeholders && crate::data::has_placeholder(c)))
+            .zip(&stream.label)
+            .map(|(c, truth)| cfg.select.may_select(arm, c, *truth))
             .collect();
         // The score of every line an arm may not take replaced by `fill`.
         let fill_excluded = |mut score: Vec<f64>, fill: f64| -> Vec<f64> {
