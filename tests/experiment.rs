@@ -584,6 +584,19 @@ fn known_truth_only_spends_every_label_on_a_line_the_oracle_can_judge() {
         }
     }
 
+    // More labels than lines of known truth (but fewer than the stream): refused up front.
+    cfg.select.budget = stream.cmd.len() - unknown.len() + 1;
+    let err = experiment::run(
+        &RunRequest {
+            config: write_config(tmp.path(), &cfg),
+            ..Default::default()
+        },
+        &globals(),
+    )
+    .expect_err("more labels than selectable lines");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("known_truth_only"), "{err}");
+
     cfg.label.labelers = vec![experiment::LabelerKind::Llm];
     cfg.label.llm = Some(Default::default());
     let err = cfg.validate().expect_err("an LLM judges the background");
