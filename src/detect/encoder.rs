@@ -8,14 +8,14 @@
 //!   draw and two);
 //! - the `1 / sqrt(d_k)` scale multiplies the queries, not the `[batch, heads, len, len]`
 //!   scores (8x fewer elements at 128 bytes and 16-dimensional heads);
-//! - a batch without padding skips the attention mask.
+//! - a batch without padding skips the attention mask;
+//! - in training, the attention softmax runs flex's fused kernel ([`super::fused`]).
 //!
 //! At inference it computes Burn's function up to float rounding (a test holds it to that);
 //! in training the dropout masks are a different random stream than Burn's.
 
 use burn::nn::attention::MultiHeadAttention;
 use burn::nn::transformer::TransformerEncoder;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Distribution, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -177,7 +177,7 @@ fn attention(
     if let Some(pad) = pad {
         scores = scores.mask_fill(pad.clone().reshape([batch, 1, 1, len]), mha.min_float);
     }
-    let weights = softmax(scores, 3);
+    let weights = super::fused::softmax(scores, 3);
     // Attention dropout, as Burn's MultiHeadAttention applies it after the softmax; the
     // weights are [batch, heads, len, len], seen as 3-D for the mask.
     let [_, n_heads, _, _] = weights.dims();

@@ -11,6 +11,7 @@ pub mod autoencoder;
 pub mod batching;
 pub mod encoder;
 pub mod features;
+pub mod fused;
 pub mod iforest;
 pub mod model;
 

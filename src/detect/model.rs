@@ -11,7 +11,6 @@ use super::encoder::{DropoutMasks, encode};
 use burn::module::Module;
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -195,10 +194,6 @@ impl ByteAutoencoder {
         targets: Tensor<2, Int>,
         dropout: Option<&mut DropoutMasks>,
     ) -> Tensor<2> {
-        let [batch, len] = targets.dims();
-        let logp = log_softmax(self.forward(inputs, pad, dropout), 2);
-        logp.gather(2, targets.reshape([batch, len, 1]))
-            .reshape([batch, len])
-            .neg()
+        super::fused::nll(self.forward(inputs, pad, dropout), targets)
     }
 }
