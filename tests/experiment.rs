@@ -529,27 +529,13 @@ fn overrides_are_applied_and_reported_in_the_command() {
 /// labeler the flag is refused before anything runs.
 #[test]
 fn known_truth_only_spends_every_label_on_a_line_the_oracle_can_judge() {
+    use experiment::Arm::*;
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
-    let mut cfg = tiny_config(&out);
-    cfg.select.known_truth_only = true;
-    cfg.arms = vec![
-        experiment::Arm::Baseline,
-        experiment::Arm::Iforest,
-        experiment::Arm::Random,
-        experiment::Arm::NovelRandom,
-        experiment::Arm::OracleAll,
-    ];
-    let config = write_config(tmp.path(), &cfg);
-    experiment::run(
-        &RunRequest {
-            config,
-            ..Default::default()
-        },
-        &globals(),
-    )
-    .unwrap();
-    let stream = datasets::Table::read(&out.join("data").join(datasets::TRUTH)).unwrap();
+    let (mut cfg, out, stream) = run_tiny_arms(
+        tmp.path(),
+        &[Baseline, Iforest, Random, NovelRandom, OracleAll],
+        |cfg| cfg.select.known_truth_only = true,
+    );
     let unknown: HashSet<&str> = stream
         .cmd
         .iter()
@@ -562,12 +548,7 @@ fn known_truth_only_spends_every_label_on_a_line_the_oracle_can_judge() {
         "the sample's stream has lines of unknown truth: the check below means something"
     );
     for arm in ["iforest", "random", "novel_random", "oracle_all"] {
-        let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
-        let picked: Vec<String> = longtail::io::read_labeled(std::slice::from_ref(&labels), false)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.cmd)
-            .collect();
+        let picked = sent_to_labeler(&out, arm);
         let blind = picked
             .iter()
             .filter(|c| unknown.contains(c.as_str()))
@@ -957,20 +938,18 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
     assert!(out.join("report/time/roc.svg").exists());
 }
 
-#[test]
-fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("run");
+/// A tiny experiment with `arms` (after `adjust` of its config) run to the end: its config,
+/// run directory and stream table.
+fn run_tiny_arms(
+    tmp: &Path,
+    arms: &[experiment::Arm],
+    adjust: impl FnOnce(&mut ExperimentConfig),
+) -> (ExperimentConfig, PathBuf, datasets::Table) {
+    let out = tmp.join("run");
     let mut cfg = tiny_config(&out);
-    cfg.select.skip_placeholders = true;
-    cfg.arms = vec![
-        experiment::Arm::Baseline,
-        experiment::Arm::Iforest,
-        experiment::Arm::Random,
-        experiment::Arm::Representative,
-        experiment::Arm::OracleAll,
-    ];
-    let config = write_config(tmp.path(), &cfg);
+    adjust(&mut cfg);
+    cfg.arms = arms.to_vec();
+    let config = write_config(tmp, &cfg);
     experiment::run(
         &RunRequest {
             config,
@@ -980,6 +959,28 @@ fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
     )
     .unwrap();
     let stream = datasets::Table::read(&out.join("data").join(datasets::TRUTH)).unwrap();
+    (cfg, out, stream)
+}
+
+/// The lines `arm` sent to the oracle in a tiny run (seed 3).
+fn sent_to_labeler(out: &Path, arm: &str) -> Vec<String> {
+    let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
+    longtail::io::read_labeled(std::slice::from_ref(&labels), false)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.cmd)
+        .collect()
+}
+
+#[test]
+fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
+    use experiment::Arm::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, out, stream) = run_tiny_arms(
+        tmp.path(),
+        &[Baseline, Iforest, Random, Representative, OracleAll],
+        |cfg| cfg.select.skip_placeholders = true,
+    );
     let plain = stream
         .cmd
         .iter()
@@ -990,12 +991,7 @@ fn skip_placeholders_keeps_unexpanded_variables_out_of_every_selection() {
         "the sample's stream has variables: the check below means something"
     );
     for arm in ["iforest", "random", "representative", "oracle_all"] {
-        let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
-        let picked: Vec<String> = longtail::io::read_labeled(std::slice::from_ref(&labels), false)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.cmd)
-            .collect();
+        let picked = sent_to_labeler(&out, arm);
         assert!(!picked.is_empty(), "{arm}");
         assert!(
             picked.iter().all(|c| !longtail::data::has_placeholder(c)),
