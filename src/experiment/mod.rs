@@ -599,6 +599,7 @@ pub fn run(req: &RunRequest, globals: &Globals) -> Result<RunOutcome> {
             tables.stream.cmd.len()
         )));
     }
+    // What every selecting arm may take (`Random` stands for any arm but the upper bound).
     let selectable = (tables.stream.cmd.iter().zip(&tables.stream.label))
         .filter(|(c, truth)| cfg.select.may_select(Arm::Random, c, **truth))
         .count();
