@@ -52,40 +52,27 @@ fn shipped_configs_parse_and_validate() {
         load("ops-llm.toml").unwrap(),
         load("ops-llm-steady.toml").unwrap(),
     );
-    for (what, ours, theirs) in [
-        ("ops-steady [data]", json!(steady.data), json!(ops.data)),
+    let section = |cfg: &ExperimentConfig, name: &str| json!(cfg)[name].clone();
+    for (what, ours, theirs, sections) in [
+        ("ops-steady", &steady, &ops, &["data", "detector"][..]),
         (
-            "ops-steady [detector]",
-            json!(steady.detector),
-            json!(ops.detector),
+            "ops-llm-steady vs ops-steady",
+            &llm_steady,
+            &steady,
+            &["classifier"],
         ),
         (
-            "ops-llm-steady [classifier]",
-            json!(llm_steady.classifier),
-            json!(steady.classifier),
-        ),
-        (
-            "ops-llm-steady [data]",
-            json!(llm_steady.data),
-            json!(llm.data),
-        ),
-        (
-            "ops-llm-steady [detector]",
-            json!(llm_steady.detector),
-            json!(llm.detector),
-        ),
-        (
-            "ops-llm-steady [select]",
-            json!(llm_steady.select),
-            json!(llm.select),
-        ),
-        (
-            "ops-llm-steady [label]",
-            json!(llm_steady.label),
-            json!(llm.label),
+            "ops-llm-steady",
+            &llm_steady,
+            &llm,
+            &["data", "detector", "select", "label"],
         ),
     ] {
-        assert_eq!(ours, theirs, "{what}");
+        for name in sections {
+            let ours = section(ours, name);
+            assert!(!ours.is_null(), "{what}: no [{name}] section");
+            assert_eq!(ours, section(theirs, name), "{what} [{name}]");
+        }
     }
 }
 

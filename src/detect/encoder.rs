@@ -9,7 +9,7 @@
 //! - the `1 / sqrt(d_k)` scale multiplies the queries, not the `[batch, heads, len, len]`
 //!   scores (8x fewer elements at 128 bytes and 16-dimensional heads);
 //! - a batch without padding skips the attention mask;
-//! - in training, the attention softmax runs flex's fused kernel ([`super::fused`]).
+//! - in training, the attention softmax runs the backend's fused kernel ([`super::fused`]).
 //!
 //! At inference it computes Burn's function up to float rounding (a test holds it to that);
 //! in training the dropout masks are a different random stream than Burn's.
