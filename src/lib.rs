@@ -16,6 +16,7 @@ pub mod classify;
 pub mod data;
 pub mod detect;
 pub mod device;
+pub mod dropout;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;

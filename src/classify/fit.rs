@@ -166,6 +166,10 @@ fn make_batches(
         .collect()
 }
 
+/// Fewest lines in a shard of a training step (`Task::shards`): below this the per-op
+/// overhead of a shard outweighs what the second core gains.
+const MIN_SHARD_LINES: usize = 8;
+
 /// Weighted loss of a batch, normalised by the training set's mean weight so that batches of
 /// one class (length buckets are often one class) keep the global class balance.
 fn batch_loss(
@@ -174,9 +178,10 @@ fn batch_loss(
     device: &Device,
     mean_weight: f64,
 ) -> Tensor<1> {
-    let logits = model.forward(hb.tokens(device), hb.lens(device));
+    let logits = model.forward_train(hb.tokens(device), hb.lens(device), &mut hb.dropout_masks());
     let loss = bce_with_logits(logits, hb.targets(device)) * hb.weights(device);
-    loss.sum().div_scalar(hb.batch as f64 * mean_weight)
+    // Over the step's lines, so that the losses of a step's shards sum to the step's loss.
+    loss.sum().div_scalar(hb.step_lines as f64 * mean_weight)
 }
 
 /// Logits of already clipped token rows, bucketed by length, in the input order: the mean
@@ -275,11 +280,18 @@ impl Task for ClassifierTask<'_> {
         batches.shuffle(&mut rng);
         batches
             .into_iter()
-            .map(|hb| Batch {
-                lines: hb.batch,
-                data: hb,
+            .map(|mut hb| {
+                hb.dropout_seed = rng.next_u64();
+                Batch {
+                    lines: hb.batch,
+                    data: hb,
+                }
             })
             .collect()
+    }
+
+    fn shards(&self, batch: &HostBatch, n: usize) -> Vec<HostBatch> {
+        batch.shards(n, MIN_SHARD_LINES)
     }
 
     fn loss(&self, model: &CnnClassifier, batch: &HostBatch, device: &Device) -> Tensor<1> {
@@ -472,6 +484,88 @@ fn val_logits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::model::Pooling;
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+
+    /// Largest difference between two sets of gradients of `model`'s parameters, and the
+    /// largest gradient; panics when a parameter lacks a gradient in either.
+    fn gradient_gap(model: &CnnClassifier, a: &GradientsParams, b: &GradientsParams) -> (f32, f32) {
+        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f32, f32);
+        impl ModuleVisitor for Gap<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let a = self.0.get::<D>(param.id).expect("a gradient in a");
+                let b = self.1.get::<D>(param.id).expect("a gradient in b");
+                self.2 = self.2.max((a.clone() - b).abs().max().into_scalar::<f32>());
+                self.3 = self.3.max(a.abs().max().into_scalar::<f32>());
+            }
+        }
+        let mut gap = Gap(a, b, 0.0, 0.0);
+        model.visit(&mut gap);
+        (gap.2, gap.3)
+    }
+
+    #[test]
+    fn a_step_cut_into_shards_has_the_whole_steps_loss_and_gradients() {
+        let cfg = CnnConfig {
+            embed_dim: 8,
+            filters: 6,
+            widths: vec![2, 3],
+            dropout: 0.3,
+            pooling: Pooling::MaxMean,
+            hidden: 5,
+            ..CnnConfig::default()
+        };
+        let device = Device::flex().autodiff();
+        let model = cfg.init(&device);
+        let clipped: Vec<Vec<u32>> = (0..40)
+            .map(|i| {
+                format!("cmd /c echo {i} {}", "x".repeat(i % 9))
+                    .bytes()
+                    .map(u32::from)
+                    .collect()
+            })
+            .collect();
+        let rows: Vec<&[u32]> = clipped.iter().map(|v| v.as_slice()).collect();
+        let mut batch = HostBatch::new(&cfg, &rows);
+        batch.targets = (0..40).map(|i| (i % 3 == 0) as u8 as f32).collect();
+        batch.weights = (0..40).map(|i| 1.0 + (i % 4) as f32).collect();
+        batch.dropout_seed = 11;
+        let training = TrainingConfig::default();
+        let task = ClassifierTask {
+            cfg: &cfg,
+            training: &training,
+            clipped: &clipped,
+            targets: &[],
+            weights: &[],
+            train_idx: &[],
+            mean_weight: 1.7,
+            seed: 1,
+            val_batches: Vec::new(),
+        };
+        assert_eq!(task.shards(&batch, 4).len(), 4);
+        assert_eq!(task.shards(&batch, 9).len(), 40 / MIN_SHARD_LINES);
+        let step = |batch: &HostBatch, shards| {
+            let (l, g) = crate::train::step_gradients(&task, &model, batch, &device, shards);
+            (l.into_scalar::<f32>(), g)
+        };
+        let (whole_loss, whole) = step(&batch, 1);
+        let (shard_loss, sharded) = step(&batch, 4);
+        assert!(
+            (whole_loss - shard_loss).abs() < 1e-5 * whole_loss,
+            "{whole_loss} vs {shard_loss}"
+        );
+        let (gap, scale) = gradient_gap(&model, &whole, &sharded);
+        assert!(scale > 1e-3, "the gradients are not all zero");
+        assert!(gap < 1e-5 * scale.max(1.0), "gradients differ by {gap}");
+        // The masks matter: another dropout seed gives another loss.
+        batch.dropout_seed = 12;
+        let (other_loss, _) = step(&batch, 4);
+        assert!(
+            (other_loss - whole_loss).abs() > 1e-4,
+            "dropout changed nothing"
+        );
+    }
 
     #[test]
     fn validating_on_the_baseline_moves_every_added_line_to_training() {

@@ -15,6 +15,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::tokens::TokenKind;
+use crate::dropout::DropoutMasks;
 
 /// Architecture; saved in `config.json` beside the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,8 +223,30 @@ impl CnnClassifier {
         }
     }
 
-    /// Logits `[batch]` for token ids `[batch, len]` whose rows hold `lens[i]` real tokens.
+    /// Logits `[batch]` for token ids `[batch, len]` whose rows hold `lens[i]` real tokens
+    /// (no dropout).
     pub fn forward(&self, tokens: Tensor<2, Int>, lens: Tensor<1, Int>) -> Tensor<1> {
+        self.forward_with(tokens, lens, None)
+    }
+
+    /// [`CnnClassifier::forward`] for a training step: dropout on the pooled features (and
+    /// the hidden layer) with masks from `masks`, a keyed hash instead of the device's one
+    /// global generator, so that the shards of a step can run concurrently and repeat.
+    pub fn forward_train(
+        &self,
+        tokens: Tensor<2, Int>,
+        lens: Tensor<1, Int>,
+        masks: &mut DropoutMasks,
+    ) -> Tensor<1> {
+        self.forward_with(tokens, lens, Some(masks))
+    }
+
+    fn forward_with(
+        &self,
+        tokens: Tensor<2, Int>,
+        lens: Tensor<1, Int>,
+        mut masks: Option<&mut DropoutMasks>,
+    ) -> Tensor<1> {
         let batch = tokens.dims()[0];
         let device = tokens.device();
         let x = ConvInput::new(&self.convs, self.embed.forward(tokens));
@@ -264,9 +287,14 @@ impl CnnClassifier {
                 }
             })
             .collect();
-        let mut h = self.dropout.forward(Tensor::cat(pooled, 1));
+        let prob = self.dropout.prob;
+        let mut dropout = |h: Tensor<2>| match masks.as_deref_mut() {
+            Some(masks) => masks.apply(h, prob),
+            None => h,
+        };
+        let mut h = dropout(Tensor::cat(pooled, 1));
         if let Some(hidden) = &self.hidden {
-            h = self.dropout.forward(relu(hidden.forward(h)));
+            h = dropout(relu(hidden.forward(h)));
         }
         self.head.forward(h).reshape([batch])
     }
@@ -392,6 +420,12 @@ pub struct HostBatch {
     pub targets: Vec<f32>,
     /// Loss weight per line (training only).
     pub weights: Vec<f32>,
+    /// Seed of the step's dropout masks (training only).
+    pub dropout_seed: u64,
+    /// This batch is rows `offset..offset + batch` of a training step of `step_lines` lines
+    /// (the whole step unless it is a shard: [`HostBatch::shards`]).
+    pub offset: usize,
+    pub step_lines: usize,
 }
 
 impl HostBatch {
@@ -412,7 +446,41 @@ impl HostBatch {
             lens: rows.iter().map(|r| r.len() as i64).collect(),
             targets: vec![0.0; rows.len()],
             weights: vec![1.0; rows.len()],
+            dropout_seed: 0,
+            offset: 0,
+            step_lines: rows.len(),
         }
+    }
+
+    /// The batch cut into at most `n` shards of consecutive lines, each at least
+    /// `min_lines` long (none when that leaves fewer than two): the same padded length, seed
+    /// and step, so that the shards' losses and gradients sum to the whole batch's.
+    pub fn shards(&self, n: usize, min_lines: usize) -> Vec<HostBatch> {
+        let n = n.min(self.batch / min_lines.max(1));
+        if n < 2 {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|k| {
+                let (start, end) = (k * self.batch / n, (k + 1) * self.batch / n);
+                HostBatch {
+                    batch: end - start,
+                    len: self.len,
+                    tokens: self.tokens[start * self.len..end * self.len].to_vec(),
+                    lens: self.lens[start..end].to_vec(),
+                    targets: self.targets[start..end].to_vec(),
+                    weights: self.weights[start..end].to_vec(),
+                    dropout_seed: self.dropout_seed,
+                    offset: self.offset + start,
+                    step_lines: self.step_lines,
+                }
+            })
+            .collect()
+    }
+
+    /// The dropout masks of this batch's rows of its step.
+    pub fn dropout_masks(&self) -> DropoutMasks {
+        DropoutMasks::for_rows(self.dropout_seed, self.offset, self.step_lines)
     }
 
     pub fn tokens(&self, device: &Device) -> Tensor<2, Int> {

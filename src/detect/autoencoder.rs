@@ -1,11 +1,11 @@
 //! Training and scoring the byte autoencoder.
 
 use super::batching::{HostBatch, chunk_line};
-use super::encoder::DropoutMasks;
 use super::model::{AutoencoderConfig, ByteAutoencoder, Objective};
 use crate::Result;
 use crate::data::batching::bucket_by_length;
 use crate::data::split::split_train_val;
+use crate::dropout::DropoutMasks;
 use crate::train::{Batch, Metrics, OptimConfig, RunDir, RunSpec, Task, TrainState, fit};
 use burn::tensor::{Device, Tensor};
 use rand::distr::weighted::WeightedIndex;

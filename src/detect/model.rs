@@ -7,7 +7,8 @@
 //! - `bottleneck`: encoder -> mean-pooled code of a few dimensions -> decoder that sees only
 //!   the code and the positions. Rare structure does not fit through the code.
 
-use super::encoder::{DropoutMasks, encode};
+use super::encoder::encode;
+use crate::dropout::DropoutMasks;
 use burn::module::Module;
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
