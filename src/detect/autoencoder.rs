@@ -92,16 +92,26 @@ fn window_of(len: usize, max_len: usize, rng: &mut StdRng) -> (usize, usize) {
 }
 
 /// Mean loss over the weighted positions of a batch; `dropout` only in a training step.
+/// `step_weight`: the total weight of the step this batch is a shard of (`None`: the batch's
+/// own), so that the losses of a step's shards sum to the step's.
 fn batch_loss(
     model: &ByteAutoencoder,
     hb: &HostBatch,
     device: &Device,
     dropout: Option<&mut DropoutMasks>,
+    step_weight: Option<f64>,
 ) -> Tensor<1> {
     let b = hb.to_device(device);
     let nll = model.byte_nll(b.inputs, b.pad, b.targets, dropout);
-    (nll * b.weight.clone()).sum() / b.weight.sum().clamp_min(1.0)
+    let weighted = (nll * b.weight.clone()).sum();
+    match step_weight {
+        Some(total) => weighted.div_scalar(total.max(1.0)),
+        None => weighted / b.weight.sum().clamp_min(1.0),
+    }
 }
+
+/// Fewest rows in a shard of a training step ([`Task::shards`]).
+const MIN_SHARD_ROWS: usize = 8;
 
 /// Everything `train` needs besides the data.
 pub struct TrainSetup<'a> {
@@ -128,10 +138,14 @@ struct AutoencoderTask<'a> {
 }
 
 /// A training batch and the seed of its dropout masks (drawn with the epoch's batches, so a
-/// resumed run repeats them).
+/// resumed run repeats them); or a shard of one: rows `offset..` of a step of `step_rows`
+/// rows and total weight `step_weight`.
 struct TrainBatch {
     host: HostBatch,
     dropout_seed: u64,
+    offset: usize,
+    step_rows: usize,
+    step_weight: Option<f64>,
 }
 
 impl Task for AutoencoderTask<'_> {
@@ -170,23 +184,53 @@ impl Task for AutoencoderTask<'_> {
             .map(|hb| Batch {
                 lines: hb.batch,
                 data: TrainBatch {
+                    step_rows: hb.batch,
                     host: hb,
                     dropout_seed: rng.random(),
+                    offset: 0,
+                    step_weight: None,
                 },
             })
             .collect()
     }
 
     fn loss(&self, model: &ByteAutoencoder, batch: &TrainBatch, device: &Device) -> Tensor<1> {
-        let mut masks = DropoutMasks::new(batch.dropout_seed);
-        batch_loss(model, &batch.host, device, Some(&mut masks))
+        let mut masks = DropoutMasks::for_rows(batch.dropout_seed, batch.offset, batch.step_rows);
+        batch_loss(
+            model,
+            &batch.host,
+            device,
+            Some(&mut masks),
+            batch.step_weight,
+        )
+    }
+
+    fn shards(&self, batch: &TrainBatch, n: usize) -> Vec<TrainBatch> {
+        let rows = batch.host.batch;
+        let n = n.min(rows / MIN_SHARD_ROWS);
+        if n < 2 {
+            return Vec::new();
+        }
+        let total: f64 = batch.host.weight.iter().map(|&w| w as f64).sum();
+        (0..n)
+            .map(|k| {
+                let (start, end) = (k * rows / n, (k + 1) * rows / n);
+                TrainBatch {
+                    host: batch.host.rows(start, end),
+                    dropout_seed: batch.dropout_seed,
+                    offset: batch.offset + start,
+                    step_rows: batch.step_rows,
+                    step_weight: Some(batch.step_weight.unwrap_or(total)),
+                }
+            })
+            .collect()
     }
 
     fn validate(&self, model: &ByteAutoencoder, device: &Device) -> Result<Metrics> {
         let (mut sum, mut w) = (0.0f64, 0.0f64);
         for hb in &self.val_batches {
             let weight: f64 = hb.weight.iter().map(|&x| x as f64).sum();
-            let l: f32 = batch_loss(model, hb, device, None).into_scalar();
+            let l: f32 = batch_loss(model, hb, device, None, None).into_scalar();
             sum += l as f64 * weight;
             w += weight;
         }
@@ -374,6 +418,76 @@ pub fn summarize(line: &[u8], nll: &[f32], window: usize, top: usize) -> LineSco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+
+    #[test]
+    fn a_step_cut_into_shards_has_the_whole_steps_loss_and_gradients() {
+        let cfg = AutoencoderConfig {
+            d_model: 16,
+            n_heads: 2,
+            d_ff: 32,
+            max_len: 64,
+            bottleneck_dim: 8,
+            dropout: 0.3,
+            ..AutoencoderConfig::default()
+        };
+        let sampling = SamplingConfig::default();
+        let lines: Vec<Vec<u8>> = (0..48)
+            .map(|i| format!("powershell -c echo {i} {}", "y".repeat(i % 11)).into_bytes())
+            .collect();
+        let task = AutoencoderTask {
+            cfg: &cfg,
+            sampling: &sampling,
+            lines: &lines,
+            train_idx: (0..lines.len()).collect(),
+            sampler: WeightedIndex::new(vec![1.0; lines.len()]).unwrap(),
+            per_epoch: 48,
+            seed: 5,
+            val_batches: Vec::new(),
+        };
+        let batches = task.epoch_batches(0);
+        let batch = &batches.iter().max_by_key(|b| b.lines).unwrap().data;
+        assert!(
+            batch.host.batch >= 32,
+            "one batch of {} rows",
+            batch.host.batch
+        );
+        assert!(batch.host.pad.iter().any(|&p| p), "the batch has padding");
+        let device = Device::flex().autodiff();
+        let model = cfg.init(&device);
+        let step = |shards| {
+            let (l, g) = crate::train::step_gradients(&task, &model, batch, &device, shards);
+            (l.into_scalar::<f32>(), g)
+        };
+        let (whole_loss, whole) = step(1);
+        let (shard_loss, sharded) = step(4);
+        assert_eq!(task.shards(batch, 4).len(), 4);
+        assert!(
+            (whole_loss - shard_loss).abs() < 1e-5 * whole_loss,
+            "{whole_loss} vs {shard_loss}"
+        );
+        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f32, f32);
+        impl ModuleVisitor for Gap<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let a = self
+                    .0
+                    .get::<D>(param.id)
+                    .expect("a gradient of the whole step");
+                let b = self.1.get::<D>(param.id).expect("a gradient of the shards");
+                self.2 = self.2.max((a.clone() - b).abs().max().into_scalar::<f32>());
+                self.3 = self.3.max(a.abs().max().into_scalar::<f32>());
+            }
+        }
+        let mut gap = Gap(&whole, &sharded, 0.0, 0.0);
+        model.visit(&mut gap);
+        assert!(gap.3 > 1e-3, "the gradients are not all zero");
+        assert!(
+            gap.2 < 1e-4 * gap.3.max(1.0),
+            "gradients differ by {}",
+            gap.2
+        );
+    }
 
     #[test]
     fn summarize_finds_the_odd_fragment() {

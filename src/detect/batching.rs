@@ -103,6 +103,19 @@ impl HostBatch {
         }
     }
 
+    /// Rows `start..end`, as a batch of their own (the same padded length).
+    pub fn rows(&self, start: usize, end: usize) -> HostBatch {
+        let (a, b) = (start * self.len, end * self.len);
+        HostBatch {
+            batch: end - start,
+            len: self.len,
+            inputs: self.inputs[a..b].to_vec(),
+            targets: self.targets[a..b].to_vec(),
+            pad: self.pad[a..b].to_vec(),
+            weight: self.weight[a..b].to_vec(),
+        }
+    }
+
     pub fn to_device(&self, device: &Device) -> DeviceBatch {
         let shape = [self.batch, self.len];
         DeviceBatch {

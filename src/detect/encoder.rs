@@ -29,18 +29,14 @@ pub fn encode(
     pad: Option<&Tensor<2, Bool>>,
     mut dropout: Option<&mut DropoutMasks>,
 ) -> Tensor<3> {
-    let mut drop = |t: Tensor<3>, prob: f64| match dropout.as_deref_mut() {
-        Some(masks) => masks.apply(t, prob),
-        None => t,
-    };
     for layer in &encoder.layers {
         debug_assert!(
             layer.norm_first,
             "the detector's encoder is built norm-first"
         );
         let h = layer.norm_2.forward(x.clone());
-        let attended = attention(&layer.mha, h, pad, &mut drop);
-        x = x + drop(attended, layer.dropout.prob);
+        let attended = attention(&layer.mha, h, pad, &mut dropout);
+        x = x + drop(&mut dropout, attended, layer.dropout.prob);
 
         let h = layer.norm_1.forward(x.clone());
         let h = layer
@@ -50,10 +46,22 @@ pub fn encode(
         let h = layer
             .pwff
             .linear_outer
-            .forward(drop(h, layer.pwff.dropout.prob));
-        x = x + drop(h, layer.dropout.prob);
+            .forward(drop(&mut dropout, h, layer.pwff.dropout.prob));
+        x = x + drop(&mut dropout, h, layer.dropout.prob);
     }
     x
+}
+
+/// `t` after dropout with the step's masks; unchanged without them (inference).
+fn drop<const D: usize>(
+    masks: &mut Option<&mut DropoutMasks>,
+    t: Tensor<D>,
+    prob: f64,
+) -> Tensor<D> {
+    match masks {
+        Some(masks) => masks.apply(t, prob),
+        None => t,
+    }
 }
 
 /// Multi-head self-attention with Burn's parameters and masking value.
@@ -61,7 +69,7 @@ fn attention(
     mha: &MultiHeadAttention,
     x: Tensor<3>,
     pad: Option<&Tensor<2, Bool>>,
-    drop: &mut impl FnMut(Tensor<3>, f64) -> Tensor<3>,
+    dropout: &mut Option<&mut DropoutMasks>,
 ) -> Tensor<3> {
     let [batch, len, d_model] = x.dims();
     let heads = |t: Tensor<3>| {
@@ -76,14 +84,8 @@ fn attention(
         scores = scores.mask_fill(pad.clone().reshape([batch, 1, 1, len]), mha.min_float);
     }
     let weights = super::fused::softmax(scores, 3);
-    // Attention dropout, as Burn's MultiHeadAttention applies it after the softmax; the
-    // weights are [batch, heads, len, len], seen as 3-D for the mask.
-    let [_, n_heads, _, _] = weights.dims();
-    let weights = drop(
-        weights.reshape([batch * n_heads, len, len]),
-        mha.dropout.prob,
-    )
-    .reshape([batch, n_heads, len, len]);
+    // Attention dropout, as Burn's MultiHeadAttention applies it after the softmax.
+    let weights = drop(dropout, weights, mha.dropout.prob);
     let context = weights
         .matmul(value)
         .swap_dims(1, 2)
