@@ -135,3 +135,68 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
     tracing::info!("device: {}", chosen.name);
     Ok(chosen)
 }
+
+/// Batches that one thread should have in flight on `device`: one per thread of rayon's pool
+/// on flex, whose element-wise ops, gathers and layer norms run on the calling thread (so one
+/// batch at a time leaves the other cores idle between its parallel GEMMs); 1 elsewhere (a
+/// GPU takes one batch at a time and fills itself).
+pub fn batches_in_flight(device: &Device) -> usize {
+    if *device == Device::flex() {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    }
+}
+
+/// `compute` over `batches`, [`batches_in_flight`] at a time on rayon's pool, handing each
+/// result to `consume` in the batches' order. Each batch's result is what `compute` gives it
+/// alone: how many run at once changes the speed, never the output.
+pub fn for_each_batch<B, R>(
+    device: &Device,
+    batches: Vec<B>,
+    compute: impl Fn(&B) -> R + Sync,
+    mut consume: impl FnMut(B, R),
+) where
+    B: Send + Sync,
+    R: Send,
+{
+    use rayon::prelude::*;
+    let wave = batches_in_flight(device);
+    let mut batches = batches.into_iter().peekable();
+    while batches.peek().is_some() {
+        let now: Vec<B> = batches.by_ref().take(wave).collect();
+        let results: Vec<R> = if now.len() == 1 {
+            vec![compute(&now[0])]
+        } else {
+            now.par_iter().map(&compute).collect()
+        };
+        for (batch, result) in now.into_iter().zip(results) {
+            consume(batch, result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_in_flight_come_back_in_order_with_their_own_results() {
+        let batches: Vec<usize> = (0..23).collect();
+        let mut seen = Vec::new();
+        // Uneven work, so that a later batch of a wave can finish first.
+        let slow_square = |&b: &usize| {
+            std::thread::sleep(std::time::Duration::from_millis(((23 - b) % 4) as u64));
+            b * b
+        };
+        for_each_batch(&Device::flex(), batches, slow_square, |b, r| {
+            seen.push((b, r))
+        });
+        let expected: Vec<(usize, usize)> = (0..23).map(|b| (b, b * b)).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(
+            batches_in_flight(&Device::flex()),
+            rayon::current_num_threads()
+        );
+    }
+}

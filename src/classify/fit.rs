@@ -197,7 +197,8 @@ pub fn logits(
 ) -> Vec<f32> {
     let lens: Vec<usize> = clipped.iter().map(|l| cfg.batch_len(l.len())).collect();
     let mut out = vec![0f32; clipped.len()];
-    for group in bucket_by_length(&lens, max_batch, batch_tokens) {
+    let groups = bucket_by_length(&lens, max_batch, batch_tokens);
+    let batch_logits = |group: &Vec<usize>| {
         let rows: Vec<&[u32]> = group.iter().map(|&i| clipped[i]).collect();
         let hb = HostBatch::new(cfg, &rows);
         let per_member: Vec<Vec<f32>> = members
@@ -210,12 +211,14 @@ pub fn logits(
             })
             .collect();
         let refs: Vec<&[f32]> = per_member.iter().map(|v| v.as_slice()).collect();
-        let mean = mean_logits(&refs);
+        mean_logits(&refs)
+    };
+    crate::device::for_each_batch(device, groups, batch_logits, |group, mean| {
         for (r, &i) in group.iter().enumerate() {
             out[i] = mean[r];
         }
         on_batch(group.len());
-    }
+    });
     out
 }
 

@@ -337,9 +337,9 @@ pub fn byte_nlls(
     }
     let lens: Vec<usize> = items.iter().map(|(c, _)| c.end - c.start).collect();
     let mut out: Vec<Vec<f32>> = lines.iter().map(|l| vec![0.0; l.len()]).collect();
-    for group in bucket_by_length(&lens, 4096, batch_tokens) {
-        let mut hb = HostBatch::for_group(&group, &lens);
-        let len = hb.len;
+    let groups = bucket_by_length(&lens, 4096, batch_tokens);
+    let batch_nll = |group: &Vec<usize>| {
+        let mut hb = HostBatch::for_group(group, &lens);
         for (row, &i) in group.iter().enumerate() {
             let (c, p) = items[i];
             let bytes = &lines[c.line][c.start..c.end];
@@ -352,7 +352,9 @@ pub fn byte_nlls(
         let nll = model
             .byte_nll(b.inputs, b.pad, b.targets, None)
             .into_data_as::<f32>();
-        let nll = nll.as_slice::<f32>().expect("f32 data");
+        (hb.len, nll.try_into_vec::<f32>().expect("f32 data"))
+    };
+    crate::device::for_each_batch(device, groups, batch_nll, |group, (len, nll)| {
         for (row, &i) in group.iter().enumerate() {
             let (c, p) = items[i];
             for k in 0..(c.end - c.start) {
@@ -367,7 +369,7 @@ pub fn byte_nlls(
             }
         }
         on_batch(group.len());
-    }
+    });
     out
 }
 
