@@ -136,10 +136,11 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
     Ok(chosen)
 }
 
-/// Batches that one thread should have in flight on `device`: one per thread of rayon's pool
-/// on flex, whose element-wise ops, gathers and layer norms run on the calling thread (so one
-/// batch at a time leaves the other cores idle between its parallel GEMMs); 1 elsewhere (a
-/// GPU takes one batch at a time and fills itself).
+/// Batches (or shards of one training step) worth running at once on `device`: one per thread
+/// of rayon's pool on flex, whose element-wise ops, gathers, scatters and layer norms run on
+/// the calling thread, so that one batch at a time leaves the other cores idle between its
+/// parallel GEMMs (a classifier training step used 1.1 of 2 cores); 1 elsewhere (a GPU takes
+/// one batch at a time and fills itself).
 pub fn batches_in_flight(device: &Device) -> usize {
     if *device == Device::flex() {
         rayon::current_num_threads().max(1)

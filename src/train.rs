@@ -322,7 +322,7 @@ where
     T::Batch: Sync,
 {
     let cfg = spec.cfg;
-    let shards_per_step = shards_per_step(&spec.train_device);
+    let shards_per_step = crate::device::batches_in_flight(&spec.train_device);
     let mut optim_cfg = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32);
     if cfg.grad_clip > 0.0 {
         optim_cfg =
@@ -468,15 +468,14 @@ where
     Ok((model, state))
 }
 
-/// Shards of a training step that run concurrently: one per thread of the pool on flex, whose
-/// element-wise ops, gathers and scatters run on the calling thread (a classifier step used
-/// about 1.1 of 2 cores whole); 1 elsewhere (a GPU runs a whole batch at once).
-fn shards_per_step(train_device: &Device) -> usize {
-    if *train_device == Device::flex() {
-        rayon::current_num_threads()
-    } else {
-        1
+/// Rows `0..rows` cut into at most `n` ranges of consecutive rows, as even as they come and each
+/// at least `min_rows` long; empty when that leaves fewer than two (the step runs whole).
+pub fn shard_ranges(rows: usize, n: usize, min_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let n = n.min(rows / min_rows.max(1));
+    if n < 2 {
+        return Vec::new();
     }
+    (0..n).map(|k| k * rows / n..(k + 1) * rows / n).collect()
 }
 
 /// The loss of one step and its gradients. When the task cuts the batch into shards, each
@@ -544,9 +543,47 @@ impl ModuleVisitor for AddGradients<'_> {
     }
 }
 
+/// The largest difference between two sets of gradients of `model`'s parameters, and the
+/// largest gradient in `a`, for tests; panics when a parameter lacks a gradient in either.
+#[cfg(test)]
+pub(crate) fn gradient_gap<M: Module>(
+    model: &M,
+    a: &GradientsParams,
+    b: &GradientsParams,
+) -> (f32, f32) {
+    struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f32, f32);
+    impl ModuleVisitor for Gap<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let a = self
+                .0
+                .get::<D>(param.id)
+                .expect("a gradient in the first set");
+            let b = self
+                .1
+                .get::<D>(param.id)
+                .expect("a gradient in the second set");
+            self.2 = self.2.max((a.clone() - b).abs().max().into_scalar::<f32>());
+            self.3 = self.3.max(a.abs().max().into_scalar::<f32>());
+        }
+    }
+    let mut gap = Gap(a, b, 0.0, 0.0);
+    model.visit(&mut gap);
+    (gap.2, gap.3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_ranges_cover_the_rows_evenly_or_not_at_all() {
+        assert_eq!(shard_ranges(10, 3, 2), vec![0..3, 3..6, 6..10]);
+        assert_eq!(shard_ranges(64, 2, 8), vec![0..32, 32..64]);
+        // Never shorter than min_rows: fewer shards, or none.
+        assert_eq!(shard_ranges(20, 4, 8), vec![0..10, 10..20]);
+        assert!(shard_ranges(15, 4, 8).is_empty());
+        assert!(shard_ranges(64, 1, 8).is_empty());
+    }
 
     #[test]
     fn a_state_without_validation_round_trips_through_json() {

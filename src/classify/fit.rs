@@ -488,25 +488,6 @@ fn val_logits(
 mod tests {
     use super::*;
     use crate::classify::model::Pooling;
-    use burn::module::{ModuleVisitor, Param};
-    use burn::optim::GradientsParams;
-
-    /// Largest difference between two sets of gradients of `model`'s parameters, and the
-    /// largest gradient; panics when a parameter lacks a gradient in either.
-    fn gradient_gap(model: &CnnClassifier, a: &GradientsParams, b: &GradientsParams) -> (f32, f32) {
-        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f32, f32);
-        impl ModuleVisitor for Gap<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let a = self.0.get::<D>(param.id).expect("a gradient in a");
-                let b = self.1.get::<D>(param.id).expect("a gradient in b");
-                self.2 = self.2.max((a.clone() - b).abs().max().into_scalar::<f32>());
-                self.3 = self.3.max(a.abs().max().into_scalar::<f32>());
-            }
-        }
-        let mut gap = Gap(a, b, 0.0, 0.0);
-        model.visit(&mut gap);
-        (gap.2, gap.3)
-    }
 
     #[test]
     fn a_step_cut_into_shards_has_the_whole_steps_loss_and_gradients() {
@@ -558,7 +539,7 @@ mod tests {
             (whole_loss - shard_loss).abs() < 1e-5 * whole_loss,
             "{whole_loss} vs {shard_loss}"
         );
-        let (gap, scale) = gradient_gap(&model, &whole, &sharded);
+        let (gap, scale) = crate::train::gradient_gap(&model, &whole, &sharded);
         assert!(scale > 1e-3, "the gradients are not all zero");
         assert!(gap < 1e-5 * scale.max(1.0), "gradients differ by {gap}");
         // The masks matter: another dropout seed gives another loss.

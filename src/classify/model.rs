@@ -456,24 +456,18 @@ impl HostBatch {
     /// `min_lines` long (none when that leaves fewer than two): the same padded length, seed
     /// and step, so that the shards' losses and gradients sum to the whole batch's.
     pub fn shards(&self, n: usize, min_lines: usize) -> Vec<HostBatch> {
-        let n = n.min(self.batch / min_lines.max(1));
-        if n < 2 {
-            return Vec::new();
-        }
-        (0..n)
-            .map(|k| {
-                let (start, end) = (k * self.batch / n, (k + 1) * self.batch / n);
-                HostBatch {
-                    batch: end - start,
-                    len: self.len,
-                    tokens: self.tokens[start * self.len..end * self.len].to_vec(),
-                    lens: self.lens[start..end].to_vec(),
-                    targets: self.targets[start..end].to_vec(),
-                    weights: self.weights[start..end].to_vec(),
-                    dropout_seed: self.dropout_seed,
-                    offset: self.offset + start,
-                    step_lines: self.step_lines,
-                }
+        crate::train::shard_ranges(self.batch, n, min_lines)
+            .into_iter()
+            .map(|rows| HostBatch {
+                batch: rows.len(),
+                len: self.len,
+                tokens: self.tokens[rows.start * self.len..rows.end * self.len].to_vec(),
+                lens: self.lens[rows.clone()].to_vec(),
+                targets: self.targets[rows.clone()].to_vec(),
+                weights: self.weights[rows.clone()].to_vec(),
+                dropout_seed: self.dropout_seed,
+                offset: self.offset + rows.start,
+                step_lines: self.step_lines,
             })
             .collect()
     }

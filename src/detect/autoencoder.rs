@@ -206,22 +206,15 @@ impl Task for AutoencoderTask<'_> {
     }
 
     fn shards(&self, batch: &TrainBatch, n: usize) -> Vec<TrainBatch> {
-        let rows = batch.host.batch;
-        let n = n.min(rows / MIN_SHARD_ROWS);
-        if n < 2 {
-            return Vec::new();
-        }
         let total: f64 = batch.host.weight.iter().map(|&w| w as f64).sum();
-        (0..n)
-            .map(|k| {
-                let (start, end) = (k * rows / n, (k + 1) * rows / n);
-                TrainBatch {
-                    host: batch.host.rows(start, end),
-                    dropout_seed: batch.dropout_seed,
-                    offset: batch.offset + start,
-                    step_rows: batch.step_rows,
-                    step_weight: Some(batch.step_weight.unwrap_or(total)),
-                }
+        crate::train::shard_ranges(batch.host.batch, n, MIN_SHARD_ROWS)
+            .into_iter()
+            .map(|rows| TrainBatch {
+                host: batch.host.rows(rows.start, rows.end),
+                dropout_seed: batch.dropout_seed,
+                offset: batch.offset + rows.start,
+                step_rows: batch.step_rows,
+                step_weight: Some(batch.step_weight.unwrap_or(total)),
             })
             .collect()
     }
@@ -420,8 +413,6 @@ pub fn summarize(line: &[u8], nll: &[f32], window: usize, top: usize) -> LineSco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::optim::GradientsParams;
 
     #[test]
     fn a_step_cut_into_shards_has_the_whole_steps_loss_and_gradients() {
@@ -469,26 +460,9 @@ mod tests {
             (whole_loss - shard_loss).abs() < 1e-5 * whole_loss,
             "{whole_loss} vs {shard_loss}"
         );
-        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f32, f32);
-        impl ModuleVisitor for Gap<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let a = self
-                    .0
-                    .get::<D>(param.id)
-                    .expect("a gradient of the whole step");
-                let b = self.1.get::<D>(param.id).expect("a gradient of the shards");
-                self.2 = self.2.max((a.clone() - b).abs().max().into_scalar::<f32>());
-                self.3 = self.3.max(a.abs().max().into_scalar::<f32>());
-            }
-        }
-        let mut gap = Gap(&whole, &sharded, 0.0, 0.0);
-        model.visit(&mut gap);
-        assert!(gap.3 > 1e-3, "the gradients are not all zero");
-        assert!(
-            gap.2 < 1e-4 * gap.3.max(1.0),
-            "gradients differ by {}",
-            gap.2
-        );
+        let (gap, scale) = crate::train::gradient_gap(&model, &whole, &sharded);
+        assert!(scale > 1e-3, "the gradients are not all zero");
+        assert!(gap < 1e-4 * scale.max(1.0), "gradients differ by {gap}");
     }
 
     #[test]
