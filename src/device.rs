@@ -140,14 +140,19 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
 /// of rayon's pool on flex, whose element-wise ops, gathers, scatters and layer norms run on
 /// the calling thread, so that one batch at a time leaves the other cores idle between its
 /// parallel GEMMs (a classifier training step used 1.1 of 2 cores); 1 elsewhere (a GPU takes
-/// one batch at a time and fills itself).
+/// one batch at a time and fills itself). At most [`MAX_BATCHES_IN_FLIGHT`].
 pub fn batches_in_flight(device: &Device) -> usize {
     if *device == Device::flex() {
-        rayon::current_num_threads().max(1)
+        rayon::current_num_threads().clamp(1, MAX_BATCHES_IN_FLIGHT)
     } else {
         1
     }
 }
+
+/// Each batch in flight holds its own activations (a detector scoring batch: about 100 MB),
+/// and past a few the parallel kernels already keep the other cores busy; measured on 2 cores
+/// only (docs/benchmarks.md), so this is a guard for large machines, not a tuned value.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
 /// `compute` over `batches`, [`batches_in_flight`] at a time on rayon's pool, handing each
 /// result to `consume` in the batches' order. Each batch's result is what `compute` gives it

@@ -36,7 +36,8 @@ impl DropoutMasks {
 
     /// Masks for rows `offset..offset + n` of a batch of `total` rows (dimension 0), for a
     /// shard of a training step: each mask is drawn for the whole batch and cut to these
-    /// rows, so the shards of a step drop exactly what the whole batch would.
+    /// rows, so the shards of a step drop exactly what the whole batch would. (Only flex's
+    /// masks are keyed; elsewhere steps are not sharded: `device::batches_in_flight`.)
     pub fn for_rows(seed: u64, offset: usize, total: usize) -> Self {
         Self {
             rows: Some((offset, total)),
