@@ -139,7 +139,7 @@ pub fn resolve(choice: DeviceChoice) -> Result<ChosenDevice> {
 /// Batches (or shards of one training step) worth running at once on `device`: one per thread
 /// of rayon's pool on flex, whose element-wise ops, gathers, scatters and layer norms run on
 /// the calling thread, so that one batch at a time leaves the other cores idle between its
-/// parallel GEMMs (a classifier training step used 1.1 of 2 cores); 1 elsewhere (a GPU takes
+/// parallel GEMMs (a classifier training run used 1.25 of 2 cores); 1 elsewhere (a GPU takes
 /// one batch at a time and fills itself). At most [`MAX_BATCHES_IN_FLIGHT`].
 pub fn batches_in_flight(device: &Device) -> usize {
     if *device == Device::flex() {
