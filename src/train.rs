@@ -468,6 +468,10 @@ where
     Ok((model, state))
 }
 
+/// Fewest lines (rows) in a shard of a training step ([`Task::shards`]): below this the per-op
+/// overhead of a shard outweighs what the other core gains.
+pub const MIN_SHARD_ROWS: usize = 8;
+
 /// Rows `0..rows` cut into at most `n` ranges of consecutive rows, as even as they come and each
 /// at least `min_rows` long; empty when that leaves fewer than two (the step runs whole).
 pub fn shard_ranges(rows: usize, n: usize, min_rows: usize) -> Vec<std::ops::Range<usize>> {

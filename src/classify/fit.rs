@@ -166,10 +166,6 @@ fn make_batches(
         .collect()
 }
 
-/// Fewest lines in a shard of a training step (`Task::shards`): below this the per-op
-/// overhead of a shard outweighs what the second core gains.
-const MIN_SHARD_LINES: usize = 8;
-
 /// Weighted loss of a batch, normalised by the training set's mean weight so that batches of
 /// one class (length buckets are often one class) keep the global class balance.
 fn batch_loss(
@@ -294,7 +290,7 @@ impl Task for ClassifierTask<'_> {
     }
 
     fn shards(&self, batch: &HostBatch, n: usize) -> Vec<HostBatch> {
-        batch.shards(n, MIN_SHARD_LINES)
+        batch.shards(n, crate::train::MIN_SHARD_ROWS)
     }
 
     fn loss(&self, model: &CnnClassifier, batch: &HostBatch, device: &Device) -> Tensor<1> {
@@ -528,7 +524,10 @@ mod tests {
             val_batches: Vec::new(),
         };
         assert_eq!(task.shards(&batch, 4).len(), 4);
-        assert_eq!(task.shards(&batch, 9).len(), 40 / MIN_SHARD_LINES);
+        assert_eq!(
+            task.shards(&batch, 9).len(),
+            40 / crate::train::MIN_SHARD_ROWS
+        );
         let step = |batch: &HostBatch, shards| {
             let (l, g) = crate::train::step_gradients(&task, &model, batch, &device, shards);
             (l.into_scalar::<f32>(), g)

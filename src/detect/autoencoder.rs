@@ -110,9 +110,6 @@ fn batch_loss(
     }
 }
 
-/// Fewest rows in a shard of a training step ([`Task::shards`]).
-const MIN_SHARD_ROWS: usize = 8;
-
 /// Everything `train` needs besides the data.
 pub struct TrainSetup<'a> {
     pub model: &'a AutoencoderConfig,
@@ -207,7 +204,7 @@ impl Task for AutoencoderTask<'_> {
 
     fn shards(&self, batch: &TrainBatch, n: usize) -> Vec<TrainBatch> {
         let total: f64 = batch.host.weight.iter().map(|&w| w as f64).sum();
-        crate::train::shard_ranges(batch.host.batch, n, MIN_SHARD_ROWS)
+        crate::train::shard_ranges(batch.host.batch, n, crate::train::MIN_SHARD_ROWS)
             .into_iter()
             .map(|rows| TrainBatch {
                 host: batch.host.rows(rows.start, rows.end),
