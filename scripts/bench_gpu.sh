@@ -3,8 +3,9 @@
 # GPU machine is at hand (NVIDIA with its Vulkan driver; AMD/Intel through Mesa work too).
 # It checks the Vulkan adapter, builds the release binary, trains the default detector config
 # with --device wgpu on a larger input and scores it, then trains the classifier (CLS_CONFIG,
-# default configs/classifier.toml: the shipped model's network) on the labeled hard split of
-# the corpus and classifies, and prints lines/s and the adapter name.
+# default configs/classifier.toml; the shipped model, configs/shipped.toml, is 3 such networks
+# with max + mean pooling) on the labeled hard split of the corpus and classifies, and prints
+# lines/s and the adapter name.
 # Each step runs under a time limit, so a hung driver cannot eat the machine's time.
 # With a CUDA build of torch present it also runs the PyTorch reference on CUDA.
 #

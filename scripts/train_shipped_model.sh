@@ -5,13 +5,13 @@
 #      operational corpora (ops_*, docs_windows_powershell; at most OPS_CAP lines each), grouped
 #      by ATT&CK technique and by source script; GPL sources (lolbas, gtfobins) only as an extra
 #      test set
-#   2. longtail train-classifier with configs/classifier.toml (flex, seed 1)
+#   2. longtail train-classifier with configs/shipped.toml (flex, seed 1; 3 networks)
 #   3. longtail evaluate on the three held-out test sets
 #   4. longtail export to models/cmdline-cnn, and the card completed with data, licenses,
 #      held-out metrics and this command
 # Usage: scripts/train_shipped_model.sh [WORK_DIR]   (default /tmp/longtail-shipped)
-# Takes ~15 min on 2 idle cores. DATA=../shared/data/cmdlines by default; OUT=models/cmdline-cnn;
-# OPS_CAP=5000 (0 = the earlier data without operational corpora); CONFIG=configs/classifier.toml.
+# Takes ~6 min on 2 idle cores. DATA=../shared/data/cmdlines by default; OUT=models/cmdline-cnn;
+# OPS_CAP=5000 (0 = the earlier data without operational corpora); CONFIG=configs/shipped.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -20,7 +20,7 @@ DATA=${DATA:-$ROOT/../shared/data/cmdlines}
 OUT=${OUT:-models/cmdline-cnn}
 SEED=${SEED:-1}
 OPS_CAP=${OPS_CAP:-5000}
-CONFIG=${CONFIG:-configs/classifier.toml}
+CONFIG=${CONFIG:-configs/shipped.toml}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release --quiet --bin longtail
 BIN=$CARGO_TARGET_DIR/release/longtail

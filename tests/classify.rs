@@ -481,6 +481,17 @@ fn bpe_tokenizer_is_trained_exported_and_reproduced_by_the_python_loader() {
 fn shipped_model_ranks_attacks_above_ordinary_lines_and_the_python_loader_agrees() {
     let model = crate::util::repo().join("models/cmdline-cnn");
     let clf = Classifier::load(&model, &globals()).unwrap();
+    // Its card names configs/shipped.toml as the recipe: the weights must come from it.
+    let recipe =
+        ClassifierConfig::from_toml_file(&crate::util::repo().join("configs/shipped.toml"))
+            .unwrap();
+    assert_eq!(
+        serde_json::to_value(&clf.bundle.config).unwrap(),
+        serde_json::to_value(&recipe).unwrap(),
+        "models/cmdline-cnn was not trained with configs/shipped.toml: rerun \
+         scripts/train_shipped_model.sh"
+    );
+    assert_eq!(clf.members.len(), recipe.ensemble);
     let attacks = [
         "vssadmin.exe delete shadows /all /quiet",
         "reg save HKLM\\SAM C:\\Windows\\Temp\\sam.save",
