@@ -9,11 +9,13 @@
 //! - the `1 / sqrt(d_k)` scale multiplies the queries, not the `[batch, heads, len, len]`
 //!   scores (8x fewer elements at 128 bytes and 16-dimensional heads);
 //! - a batch without padding skips the attention mask;
-//! - in training, the attention softmax runs the backend's fused kernel ([`super::fused`]).
+//! - in training, the attention softmax runs the backend's fused kernel ([`super::fused`]);
+//! - exact GELU runs a vectorised kernel on flex ([`super::gelu`]).
 //!
 //! At inference it computes Burn's function up to float rounding (a test holds it to that);
 //! in training the dropout masks are a different random stream than Burn's.
 
+use burn::nn::activation::Activation;
 use burn::nn::attention::MultiHeadAttention;
 use burn::nn::transformer::TransformerEncoder;
 use burn::tensor::{Bool, Tensor};
@@ -39,10 +41,11 @@ pub fn encode(
         x = x + drop(&mut dropout, attended, layer.dropout.prob);
 
         let h = layer.norm_1.forward(x.clone());
-        let h = layer
-            .pwff
-            .activation
-            .forward(layer.pwff.linear_inner.forward(h));
+        let h = layer.pwff.linear_inner.forward(h);
+        let h = match &layer.pwff.activation {
+            Activation::Gelu(gelu) if !gelu.approximate => super::gelu::gelu(h),
+            other => other.forward(h),
+        };
         let h = layer
             .pwff
             .linear_outer

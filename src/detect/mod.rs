@@ -12,6 +12,7 @@ pub mod batching;
 pub mod encoder;
 pub mod features;
 pub mod fused;
+pub mod gelu;
 pub mod iforest;
 pub mod model;
 
