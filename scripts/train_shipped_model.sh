@@ -41,10 +41,10 @@ if [[ -s $WORK/split/test_ops.jsonl ]]; then
 fi
 "$BIN" --device flex export --model "$WORK/run" --out "$OUT" --name cmdline-cnn
 
-python3 - "$OUT/README.md" "$WORK" "$DATA" "$OPS_CAP" <<'PY'
+python3 - "$OUT/README.md" "$WORK" "$DATA" "$OPS_CAP" "$CONFIG" <<'PY'
 import os
 import json, sys
-card, work, data, ops_cap = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+card, work, data, ops_cap, config = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 # The card names the data relative to the repository, not this machine's folders.
 data = os.path.relpath(data, os.getcwd())
 
@@ -117,7 +117,7 @@ which is why recall on them is low.
 ## Reproduce
 
 ```sh
-scripts/train_shipped_model.sh   # split (OPS_CAP={ops_cap}), train (flex, seed {json.load(open(f"{work}/run/config.json"))["seed"]}), evaluate, export
+scripts/train_shipped_model.sh   # split (OPS_CAP={ops_cap}), train ({config}, flex, seed {json.load(open(f"{work}/run/config.json"))["seed"]}), evaluate, export
 ```
 """
 open(card, "w").write(s)
