@@ -101,24 +101,10 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `chunk[i] = scale` where a keyed hash of `i` falls below `threshold`, else 0; vectorised
-/// where the CPU allows (the default x86-64 target lacks 32-bit lane multiplies).
-fn fill_mask(chunk: &mut [f32], key: [u32; 2], threshold: u32, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { fill_mask_avx2(chunk, key, threshold, scale) };
-            return;
-        }
-    }
-    fill_mask_kernel(chunk, key, threshold, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn fill_mask_avx2(chunk: &mut [f32], key: [u32; 2], threshold: u32, scale: f32) {
-    fill_mask_kernel(chunk, key, threshold, scale)
+crate::simd::avx2_dispatch! {
+    /// `chunk[i] = scale` where a keyed hash of `i` falls below `threshold`, else 0; vectorised
+    /// where the CPU allows (the default x86-64 target lacks 32-bit lane multiplies).
+    fn fill_mask(chunk: &mut [f32], key: [u32; 2], threshold: u32, scale: f32) => fill_mask_kernel
 }
 
 #[inline(always)]

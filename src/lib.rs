@@ -25,6 +25,7 @@ pub mod io;
 pub mod label;
 pub mod progress;
 pub mod select;
+mod simd;
 pub mod train;
 pub mod vocab;
 

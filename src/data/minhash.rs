@@ -229,23 +229,9 @@ impl Hashers {
     }
 }
 
-/// `mins[i] = min(mins[i], min over x of a[i]·x + b[i])`, vectorised where the CPU allows.
-fn min_hashes(shingles: &[u32], a: &[u32], b: &[u32], mins: &mut [u32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { min_hashes_avx2(shingles, a, b, mins) };
-            return;
-        }
-    }
-    min_hashes_kernel(shingles, a, b, mins)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn min_hashes_avx2(shingles: &[u32], a: &[u32], b: &[u32], mins: &mut [u32]) {
-    min_hashes_kernel(shingles, a, b, mins)
+crate::simd::avx2_dispatch! {
+    /// `mins[i] = min(mins[i], min over x of a[i]·x + b[i])`, vectorised where the CPU allows.
+    fn min_hashes(shingles: &[u32], a: &[u32], b: &[u32], mins: &mut [u32]) => min_hashes_kernel
 }
 
 #[inline(always)]

@@ -42,25 +42,10 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x * slope + offset
 }
 
-/// `values[i] = gelu(values[i])`, compiled for AVX2 where the CPU has it (the default x86-64
-/// target stops at SSE2's 4 lanes). Each lane runs the same IEEE operations either way, so
-/// the results do not depend on the CPU.
-fn gelu_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { gelu_in_place_avx2(values) };
-            return;
-        }
-    }
-    gelu_in_place_kernel(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gelu_in_place_avx2(values: &mut [f32]) {
-    gelu_in_place_kernel(values)
+crate::simd::avx2_dispatch! {
+    /// `values[i] = gelu(values[i])`, 8 lanes at a time with AVX2 (the results do not depend on
+    /// the CPU).
+    fn gelu_in_place(values: &mut [f32]) => gelu_in_place_kernel
 }
 
 #[inline(always)]
@@ -71,23 +56,9 @@ fn gelu_in_place_kernel(values: &mut [f32]) {
     }
 }
 
-/// GELU's slope `Φ(x) + x φ(x)` and the offset `gelu(x) - slope x`, for each `x`.
-fn slope_and_offset(x: &[f32], slope: &mut [f32], offset: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { slope_and_offset_avx2(x, slope, offset) };
-            return;
-        }
-    }
-    slope_and_offset_kernel(x, slope, offset)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn slope_and_offset_avx2(x: &[f32], slope: &mut [f32], offset: &mut [f32]) {
-    slope_and_offset_kernel(x, slope, offset)
+crate::simd::avx2_dispatch! {
+    /// GELU's slope `Φ(x) + x φ(x)` and the offset `gelu(x) - slope x`, for each `x`.
+    fn slope_and_offset(x: &[f32], slope: &mut [f32], offset: &mut [f32]) => slope_and_offset_kernel
 }
 
 #[inline(always)]
