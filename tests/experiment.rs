@@ -296,6 +296,7 @@ fn a_tiny_experiment_runs_reuses_and_resumes() {
         ensemble: None,
         skip_placeholders: false,
         known_truth_only: false,
+        propagate_to_family: false,
     };
     experiment::run(&args, &globals()).unwrap();
 
@@ -502,12 +503,13 @@ fn overrides_are_applied_and_reported_in_the_command() {
         ensemble: Some(3),
         skip_placeholders: true,
         known_truth_only: true,
+        propagate_to_family: true,
     };
     assert_eq!(
         args.command(),
         "longtail run --config configs/full.toml --out runs/b --budget 1500 --seeds 1,2 \
          --arms baseline,random --oracle-benign-precision 0.9 --ensemble 3 --skip-placeholders \
-         --known-truth-only"
+         --known-truth-only --propagate-to-family"
     );
 }
 
@@ -957,6 +959,101 @@ fn sent_to_labeler(out: &Path, arm: &str) -> Vec<String> {
         .into_iter()
         .map(|r| r.cmd)
         .collect()
+}
+
+/// `propagate_to_family` (one label per family): every added line either got a benign
+/// verdict itself or carries one from a labeled line of its coarse family; the labels spent
+/// do not change, families with a malicious verdict get nothing, and the tallies count it.
+#[test]
+fn propagate_to_family_adds_the_family_of_each_benign_verdict_and_nothing_else() {
+    use experiment::Arm::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, out, stream) = run_tiny_arms(
+        tmp.path(),
+        &[Baseline, Representative, Random, OracleAll],
+        |cfg| {
+            cfg.select.propagate_to_family = true;
+            cfg.select.skip_placeholders = true;
+        },
+    );
+    let truth: HashMap<&str, Option<Label>> = stream
+        .cmd
+        .iter()
+        .map(String::as_str)
+        .zip(stream.label.iter().copied())
+        .collect();
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report/results.json")).unwrap())
+            .unwrap();
+    let mut propagated_somewhere = 0;
+    for arm in ["representative", "random"] {
+        let dir = out.join(format!("seed-3/oracle/{arm}/labels"));
+        // The labeled lines and their verdicts.
+        let labels = dir.join("labels.parquet");
+        let mut verdict: HashMap<String, String> = HashMap::new();
+        for batch in longtail::io::table::read_parquet(&labels).unwrap() {
+            let cmd = longtail::io::table::strings(&batch, "cmd", &labels).unwrap();
+            let v = longtail::io::table::strings(&batch, "verdict", &labels).unwrap();
+            for (c, v) in cmd.into_iter().zip(v) {
+                verdict.insert(c.unwrap(), v.unwrap());
+            }
+        }
+        assert_eq!(
+            verdict.len(),
+            cfg.select.budget,
+            "{arm}: the labels spent do not change"
+        );
+        let augment = dir.join("augment.parquet");
+        let (mut own, mut inherited) = (0, 0);
+        for batch in longtail::io::table::read_parquet(&augment).unwrap() {
+            let cmd = longtail::io::table::strings(&batch, "cmd", &augment).unwrap();
+            let of = longtail::io::table::strings(&batch, "verdict_of", &augment).unwrap();
+            for (c, of) in cmd.into_iter().zip(of) {
+                let (c, of) = (c.unwrap(), of.unwrap());
+                assert_eq!(
+                    verdict.get(&of).map(String::as_str),
+                    Some("benign"),
+                    "{arm}: {c:?} carries the verdict of {of:?}, which was not judged benign"
+                );
+                assert!(
+                    truth.contains_key(c.as_str()),
+                    "{arm}: {c:?} is not a stream line"
+                );
+                assert!(
+                    !longtail::data::has_placeholder(&c),
+                    "{arm}: {c:?} came in past skip_placeholders"
+                );
+                if c == of {
+                    own += 1;
+                } else {
+                    assert!(!verdict.contains_key(&c), "{arm}: {c:?} was labeled itself");
+                    inherited += 1;
+                }
+            }
+        }
+        let summary = results
+            .runs
+            .iter()
+            .find(|r| r.arm.as_str() == arm)
+            .and_then(|r| r.labels.as_ref())
+            .unwrap();
+        assert_eq!(summary.benign, own, "{arm}");
+        assert_eq!(summary.propagated, inherited, "{arm}");
+        assert_eq!(summary.augmented, own + inherited, "{arm}");
+        propagated_somewhere += inherited;
+    }
+    assert!(
+        propagated_somewhere > 0,
+        "the sample's families are large enough for some verdict to propagate"
+    );
+    let md = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(md.contains("| of them by family |"), "{md}");
+    let upper = results.runs.iter().find(|r| r.arm == OracleAll).unwrap();
+    assert_eq!(
+        upper.labels.as_ref().unwrap().propagated,
+        0,
+        "the upper bound labels all"
+    );
 }
 
 #[test]

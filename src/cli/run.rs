@@ -58,6 +58,11 @@ pub struct RunArgs {
     /// no labels?), not a deployable setting; oracle labelers only.
     #[arg(long)]
     pub known_truth_only: bool,
+    /// Set `[select] propagate_to_family`: one label per family. A benign verdict also adds
+    /// every other stream line of the labeled line's coarse family (estimated Jaccard >= 0.5)
+    /// as benign, for every arm alike; families with a malicious verdict get nothing.
+    #[arg(long)]
+    pub propagate_to_family: bool,
 }
 
 impl RunArgs {
@@ -74,6 +79,7 @@ impl RunArgs {
             ensemble: self.ensemble,
             skip_placeholders: self.skip_placeholders,
             known_truth_only: self.known_truth_only,
+            propagate_to_family: self.propagate_to_family,
         }
     }
 }

@@ -158,6 +158,13 @@ pub struct SelectStage {
     /// unchanged: the oracle gives those lines no verdict anyway.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub known_truth_only: bool,
+    /// One label per family: a benign verdict also covers every other stream line of the
+    /// labeled line's coarse family (estimated Jaccard >= 0.5, the families of the cluster
+    /// arms) that the arm may select, added as benign without a label of its own. A family
+    /// where any selected line was judged malicious or flagged gets nothing. Every arm but
+    /// the upper bound alike, the random control included; the labels spent do not change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub propagate_to_family: bool,
 }
 
 impl SelectStage {
@@ -178,6 +185,7 @@ impl Default for SelectStage {
             score_batch_tokens: 16_384,
             skip_placeholders: false,
             known_truth_only: false,
+            propagate_to_family: false,
         }
     }
 }
@@ -434,6 +442,8 @@ pub struct RunRequest {
     pub skip_placeholders: bool,
     /// Set `[select] known_truth_only`.
     pub known_truth_only: bool,
+    /// Set `[select] propagate_to_family`.
+    pub propagate_to_family: bool,
 }
 
 impl RunRequest {
@@ -469,6 +479,9 @@ impl RunRequest {
         if self.known_truth_only {
             c += " --known-truth-only";
         }
+        if self.propagate_to_family {
+            c += " --propagate-to-family";
+        }
         c
     }
 
@@ -498,6 +511,9 @@ impl RunRequest {
         }
         if self.known_truth_only {
             cfg.select.known_truth_only = true;
+        }
+        if self.propagate_to_family {
+            cfg.select.propagate_to_family = true;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -551,6 +567,10 @@ pub struct LabelSummary {
     /// Of those, lines not already in the baseline (the others change nothing).
     #[serde(default)]
     pub augmented_new: usize,
+    /// Of the augmented lines, how many carry the verdict of another line of their family
+    /// (`propagate_to_family`) instead of a label of their own.
+    #[serde(default)]
+    pub propagated: usize,
     /// Of the augmented lines, how many are truly benign / truly malicious / unknown.
     pub augmented_truly_benign: usize,
     pub augmented_truly_malicious: usize,
@@ -914,6 +934,11 @@ impl Runner<'_> {
         } else {
             selection_key
         };
+        let selection_key = if cfg.select.propagate_to_family && arm != Arm::OracleAll {
+            key_of(&(selection_key, "propagate_to_family"))
+        } else {
+            selection_key
+        };
         let key = key_of(&(
             "label/2",
             &data.key,
@@ -975,15 +1000,23 @@ impl Runner<'_> {
             ..LabelConfig::default()
         };
         let results = label::label_candidates_blocking(&cmds, labeler.as_ref(), &label_cfg)?;
-        let summary = self.tally(&selection, stream, &results);
-        write_label_tables(&label_dir, &selection, stream, &results)?;
+        let propagated = if cfg.select.propagate_to_family && arm != Arm::OracleAll {
+            let allowed = |i: usize| cfg.select.may_select(arm, &stream.cmd[i], stream.label[i]);
+            family_members(&stream.cmd, &selection, &results, allowed, seed)?
+        } else {
+            Vec::new()
+        };
+        let summary = self.tally(&selection, stream, &results, &propagated);
+        write_label_tables(&label_dir, &selection, stream, &results, &propagated)?;
         tracing::info!(
-            "seed {seed}: {} / {}: {} labels spent, {} benign added ({} new, {} truly malicious)",
+            "seed {seed}: {} / {}: {} labels spent, {} benign added ({} new, {} by family, {} \
+             truly malicious)",
             arm.as_str(),
             labeler_kind.as_str(),
             summary.spent,
             summary.augmented,
             summary.augmented_new,
+            summary.propagated,
             summary.augmented_truly_malicious
         );
         stage.finish(serde_json::to_value(&summary).expect("plain data"))?;
@@ -1167,6 +1200,7 @@ impl Runner<'_> {
         selection: &[(usize, f64)],
         stream: &Table,
         results: &[LabelResult],
+        propagated: &[(usize, usize)],
     ) -> LabelSummary {
         let truth: HashMap<&str, Option<Label>> = stream
             .cmd
@@ -1202,6 +1236,16 @@ impl Runner<'_> {
                     Some(Label::Malicious) => summary.augmented_truly_malicious += 1,
                     None => {}
                 }
+            }
+        }
+        for &(i, _) in propagated {
+            summary.propagated += 1;
+            summary.augmented += 1;
+            summary.augmented_new += !self.baseline.contains(&stream.cmd[i]) as usize;
+            match stream.label[i] {
+                Some(Label::Benign) => summary.augmented_truly_benign += 1,
+                Some(Label::Malicious) => summary.augmented_truly_malicious += 1,
+                None => {}
             }
         }
         summary
@@ -1288,6 +1332,7 @@ fn write_label_tables(
     selection: &[(usize, f64)],
     stream: &Table,
     results: &[LabelResult],
+    propagated: &[(usize, usize)],
 ) -> Result<()> {
     let candidates = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
@@ -1318,21 +1363,30 @@ fn write_label_tables(
         &label_dir.join("labels.parquet"),
         &label::output_batch(&candidates, results)?,
     )?;
-    let augment: Vec<&str> = results
+    // Each added line with the labeled line whose verdict it carries (itself, unless it came
+    // in by `propagate_to_family`), so that every propagated verdict can be audited.
+    let augment: Vec<(&str, &str)> = results
         .iter()
         .filter(|r| r.feeds_augmentation())
-        .map(|r| r.cmd.as_str())
+        .map(|r| (r.cmd.as_str(), r.cmd.as_str()))
+        .chain(
+            propagated
+                .iter()
+                .map(|&(i, e)| (stream.cmd[i].as_str(), stream.cmd[e].as_str())),
+        )
         .collect();
     let batch = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("cmd", DataType::Utf8, false),
             Field::new("label", DataType::Utf8, false),
+            Field::new("verdict_of", DataType::Utf8, false),
         ])),
         vec![
-            Arc::new(StringArray::from_iter_values(augment.iter().copied())) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(augment.iter().map(|a| a.0))) as ArrayRef,
             Arc::new(StringArray::from_iter_values(
                 augment.iter().map(|_| Label::Benign.as_str()),
             )),
+            Arc::new(StringArray::from_iter_values(augment.iter().map(|a| a.1))),
         ],
     )
     .runtime_ctx(|| "building the augmentation table")?;
@@ -1450,6 +1504,42 @@ fn densest_families(
     });
     picks.truncate(budget);
     Ok(picks.into_iter().map(|(_, i)| (i, score[i])).collect())
+}
+
+/// The lines a benign verdict extends to under `propagate_to_family`, each with the stream
+/// index of the labeled line whose verdict it carries: every line the arm may select
+/// (`allowed`) of a coarse family (estimated Jaccard >= 0.5) in which some selected line fed
+/// augmentation and none was judged malicious or flagged, minus the selected lines.
+fn family_members(
+    cmds: &[String],
+    selection: &[(usize, f64)],
+    results: &[LabelResult],
+    allowed: impl Fn(usize) -> bool,
+    seed: u64,
+) -> Result<Vec<(usize, usize)>> {
+    if selection.len() != results.len() {
+        return Err(Error::runtime(format!(
+            "{} verdicts for {} selected lines: delete the arm's labels folder and rerun",
+            results.len(),
+            selection.len()
+        )));
+    }
+    let texts: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let clusters = coarse_clusters(&texts, seed)?;
+    let mut exemplar: HashMap<u32, usize> = HashMap::new();
+    let mut refused = std::collections::HashSet::new();
+    for (&(i, _), r) in selection.iter().zip(results) {
+        if r.feeds_augmentation() {
+            exemplar.entry(clusters[i]).or_insert(i);
+        } else if r.verdict == label::Verdict::Malicious || !r.flags.is_empty() {
+            refused.insert(clusters[i]);
+        }
+    }
+    let selected: std::collections::HashSet<usize> = selection.iter().map(|s| s.0).collect();
+    Ok((0..cmds.len())
+        .filter(|i| !selected.contains(i) && !refused.contains(&clusters[*i]) && allowed(*i))
+        .filter_map(|i| Some((i, *exemplar.get(&clusters[i])?)))
+        .collect())
 }
 
 /// Coverage instead of the top of one score: the stream's lines grouped into coarse clusters
@@ -1602,6 +1692,62 @@ mod tests {
             .map(|p| p.0)
             .collect();
         assert_eq!(idx, vec![5, 12, 13]);
+    }
+
+    fn verdict(cmd: &str, verdict: label::Verdict) -> LabelResult {
+        LabelResult {
+            cmd: cmd.into(),
+            verdict,
+            explanation: None,
+            model: "oracle".into(),
+            prompt_version: "oracle".into(),
+            latency_ms: 0,
+            tokens: 0,
+            attempts: 0,
+            error: None,
+            flags: vec![],
+            flag_reason: None,
+            cached: 0,
+            p_benign: None,
+        }
+    }
+
+    #[test]
+    fn a_benign_verdict_covers_its_family_unless_a_line_of_it_was_judged_malicious() {
+        use label::Verdict::*;
+        let mut cmds = Vec::new();
+        let mut score = Vec::new();
+        family(&mut cmds, &mut score, 5, choco, |_| 0.0); // 0..5
+        family(&mut cmds, &mut score, 4, docker, |_| 0.0); // 5..9
+        let configure =
+            |i| format!("./configure --prefix=/mingw64 --enable-shared --disable-static pkg-1.{i}");
+        family(&mut cmds, &mut score, 3, configure, |_| 0.0); // 9..12
+        cmds.push("Get-ChildItem -Recurse C:\\Windows\\Temp | Remove-Item -Force".into());
+        // choco: one benign verdict, one line not allowed (skip_placeholders, say);
+        // docker: benign and malicious verdicts, so nothing; configure: no verdict.
+        let selection = [(1, 0.0), (5, 0.0), (6, 0.0), (10, 0.0), (12, 0.0)];
+        let results: Vec<LabelResult> = [
+            (1, Benign),
+            (5, Benign),
+            (6, Malicious),
+            (10, Skipped),
+            (12, Benign),
+        ]
+        .iter()
+        .map(|&(i, v)| verdict(&cmds[i], v))
+        .collect();
+        let members = family_members(&cmds, &selection, &results, |i| i != 3, 1).unwrap();
+        assert_eq!(members, vec![(0, 1), (2, 1), (4, 1)]);
+        // A flagged benign verdict refuses its family too.
+        let mut flagged = results.clone();
+        flagged[0].flags = vec![crate::vocab::Flag::Injection];
+        assert!(
+            family_members(&cmds, &selection, &flagged, |_| true, 1)
+                .unwrap()
+                .is_empty()
+        );
+        // Verdicts out of step with the selection: an error, not a guess.
+        assert!(family_members(&cmds, &selection, &results[..2], |_| true, 1).is_err());
     }
 
     #[test]

@@ -797,11 +797,32 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
     }
 
     let _ = writeln!(m, "\n## What the labels bought (first seed)\n");
+    // Under `propagate_to_family` an added line may carry another line's verdict.
+    let by_family = r
+        .runs
+        .iter()
+        .any(|x| x.labels.as_ref().is_some_and(|l| l.propagated > 0));
+    if by_family {
+        let _ = writeln!(
+            m,
+            "Added lines include the families of the benign verdicts (`propagate_to_family`): \
+             stream lines of a labeled line's coarse family, added with its verdict.\n"
+        );
+    }
     let _ = writeln!(
         m,
-        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | new to the training set | added but truly malicious | selected lines by stream role |"
+        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | {}new to the training set | added but truly malicious | selected lines by stream role |",
+        if by_family {
+            "of them by family | "
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        m,
+        "|---|---|---|---|---|---|---|---|---|{}",
+        if by_family { "---|" } else { "" }
+    );
     for run in r.runs.iter().filter(|x| x.seed == cfg.seeds[0]) {
         if let Some(l) = &run.labels {
             let roles: Vec<String> = l
@@ -811,13 +832,18 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
                 .collect();
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {}{} | {} | {} |",
                 name_of(run.arm, run.labeler),
                 l.spent,
                 l.benign,
                 l.malicious,
                 l.no_verdict,
                 l.augmented,
+                if by_family {
+                    format!("{} | ", l.propagated)
+                } else {
+                    String::new()
+                },
                 l.augmented_new,
                 l.augmented_truly_malicious,
                 roles.join(", ")
