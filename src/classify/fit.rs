@@ -34,6 +34,25 @@ pub struct TrainingConfig {
     /// its baseline, so the epoch and threshold are chosen for the distribution the baseline
     /// already served, not for the added lines (which can outnumber it several times).
     pub validate_on: ValidateOn,
+    /// Label smoothing: training targets become `eps / 2` (benign) and `1 - eps / 2`
+    /// (malicious), so the loss stops rewarding ever larger logits on lines already right.
+    /// Validation keeps the hard labels. 0 = off (and left out of saved configs, so that
+    /// earlier runs' cached stages stay valid).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// Hard 0/1 targets moved `eps / 2` toward each other (label smoothing).
+fn smoothed(targets: &[f32], eps: f64) -> Vec<f32> {
+    let eps = eps as f32;
+    targets
+        .iter()
+        .map(|&t| t * (1.0 - eps) + eps / 2.0)
+        .collect()
 }
 
 /// Where [`TrainingConfig::validate_on`] draws the validation split from.
@@ -57,6 +76,7 @@ impl Default for TrainingConfig {
             augment_weight: 1.0,
             threshold_fpr: 1e-3,
             validate_on: ValidateOn::All,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -98,6 +118,9 @@ impl TrainingConfig {
         }
         if !(self.threshold_fpr > 0.0 && self.threshold_fpr < 1.0) {
             return bad("threshold_fpr must be in (0, 1)");
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return bad("label_smoothing must be in [0, 0.5) (0 = off; 0.1 is usual)");
         }
         Ok(())
     }
@@ -392,11 +415,12 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         (None, None) => cfg.init(&spec.train_device),
     };
     let val_batches = make_batches(cfg, setup.training, &clipped, &targets, &weights, &val_idx);
+    let train_targets = smoothed(&targets, setup.training.label_smoothing);
     let task = ClassifierTask {
         cfg,
         training: setup.training,
         clipped: &clipped,
-        targets: &targets,
+        targets: &train_targets,
         weights: &weights,
         train_idx: &train_idx,
         mean_weight,
@@ -548,6 +572,34 @@ mod tests {
             (other_loss - whole_loss).abs() > 1e-4,
             "dropout changed nothing"
         );
+    }
+
+    #[test]
+    fn label_smoothing_moves_targets_inward_and_stays_out_of_saved_configs_when_off() {
+        assert_eq!(smoothed(&[0.0, 1.0], 0.1), vec![0.05, 0.95]);
+        assert_eq!(smoothed(&[0.0, 1.0], 0.0), vec![0.0, 1.0]);
+        // Off, the field is not written: every earlier run's stage keys stay the same.
+        let off = serde_json::to_string(&TrainingConfig::default()).unwrap();
+        assert!(!off.contains("label_smoothing"), "{off}");
+        let on = TrainingConfig {
+            label_smoothing: 0.1,
+            ..TrainingConfig::default()
+        };
+        assert!(
+            serde_json::to_string(&on)
+                .unwrap()
+                .contains("\"label_smoothing\":0.1")
+        );
+        assert!(on.validate().is_ok());
+        for bad in [-0.1, 0.5, f64::NAN] {
+            let err = TrainingConfig {
+                label_smoothing: bad,
+                ..TrainingConfig::default()
+            }
+            .validate()
+            .expect_err("out of range");
+            assert!(err.to_string().contains("label_smoothing"), "{err}");
+        }
     }
 
     #[test]
