@@ -36,13 +36,17 @@ def main():
     seeds = sorted({x["seed"] for r in results for x in r["runs"]})
     print(f"Budget sweep over {len(results)} runs (seeds {seeds}); Δ = AUC gain with its 95 % "
           "paired-bootstrap interval (test lines and seeds); gap closed = mean gain / the "
-          "whole-stream upper bound's gain (blank where that gain is not positive).\n")
+          "whole-stream upper bound's gain (blank where that gain is not positive), "
+          "that bound taken from the run that has it.\n")
     print("| budget | arm | Δ time vs baseline | Δ time vs random | gap closed (time) "
           "| Δ hard vs baseline | Δ hard vs random | gap closed (hard) | Δ AUC easy |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for r in results:
         budget = r["config"]["select"]["budget"]
+        n_seeds = len({x["seed"] for x in r["runs"]})
+        if len({len({x["seed"] for x in q["runs"]}) for q in results}) > 1:
+            budget = f"{budget} ({n_seeds} seeds)"  # runs of unequal seeds: say which is which
         base = next(a for a in r["arms"] if a["arm"] == "baseline")
         for a in r["arms"]:
             if a["arm"] in ("baseline", "oracle_all"):
@@ -58,7 +62,7 @@ def main():
             rows.append((budget, name, iv(ci.get("time_vs_baseline")), iv(ci.get("time_vs_random")),
                          closed, iv(ci.get("hard_vs_baseline")), iv(ci.get("hard_vs_random")),
                          closed_h, f"{easy:+.4f}"))
-    for row in sorted(rows, key=lambda x: (x[0], x[1])):
+    for row in sorted(rows, key=lambda x: (int(str(x[0]).split()[0]), x[1])):
         print("| " + " | ".join(str(c) for c in row) + " |")
 
 
