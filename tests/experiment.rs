@@ -951,6 +951,22 @@ fn run_tiny_arms(
     (cfg, out, stream)
 }
 
+/// Two string columns of a Parquet file, row by row.
+fn string_pairs(path: &Path, a: &str, b: &str) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for batch in longtail::io::table::read_parquet(path).unwrap() {
+        let first = longtail::io::table::strings(&batch, a, path).unwrap();
+        let second = longtail::io::table::strings(&batch, b, path).unwrap();
+        rows.extend(
+            first
+                .into_iter()
+                .zip(second)
+                .map(|(x, y)| (x.unwrap(), y.unwrap())),
+        );
+    }
+    rows
+}
+
 /// The lines `arm` sent to the oracle in a tiny run (seed 3).
 fn sent_to_labeler(out: &Path, arm: &str) -> Vec<String> {
     let labels = out.join(format!("seed-3/oracle/{arm}/labels/labels.parquet"));
@@ -984,46 +1000,35 @@ fn propagate_to_family_adds_the_family_of_each_benign_verdict_and_nothing_else()
     for arm in ["representative", "random"] {
         let dir = out.join(format!("seed-3/oracle/{arm}/labels"));
         // The labeled lines and their verdicts.
-        let labels = dir.join("labels.parquet");
-        let mut verdict: HashMap<String, String> = HashMap::new();
-        for batch in longtail::io::table::read_parquet(&labels).unwrap() {
-            let cmd = longtail::io::table::strings(&batch, "cmd", &labels).unwrap();
-            let v = longtail::io::table::strings(&batch, "verdict", &labels).unwrap();
-            for (c, v) in cmd.into_iter().zip(v) {
-                verdict.insert(c.unwrap(), v.unwrap());
-            }
-        }
+        let verdict: HashMap<String, String> =
+            string_pairs(&dir.join("labels.parquet"), "cmd", "verdict")
+                .into_iter()
+                .collect();
         assert_eq!(
             verdict.len(),
             cfg.select.budget,
             "{arm}: the labels spent do not change"
         );
-        let augment = dir.join("augment.parquet");
         let (mut own, mut inherited) = (0, 0);
-        for batch in longtail::io::table::read_parquet(&augment).unwrap() {
-            let cmd = longtail::io::table::strings(&batch, "cmd", &augment).unwrap();
-            let of = longtail::io::table::strings(&batch, "verdict_of", &augment).unwrap();
-            for (c, of) in cmd.into_iter().zip(of) {
-                let (c, of) = (c.unwrap(), of.unwrap());
-                assert_eq!(
-                    verdict.get(&of).map(String::as_str),
-                    Some("benign"),
-                    "{arm}: {c:?} carries the verdict of {of:?}, which was not judged benign"
-                );
-                assert!(
-                    stream_lines.contains(c.as_str()),
-                    "{arm}: {c:?} is not a stream line"
-                );
-                assert!(
-                    !longtail::data::has_placeholder(&c),
-                    "{arm}: {c:?} came in past skip_placeholders"
-                );
-                if c == of {
-                    own += 1;
-                } else {
-                    assert!(!verdict.contains_key(&c), "{arm}: {c:?} was labeled itself");
-                    inherited += 1;
-                }
+        for (c, of) in string_pairs(&dir.join("augment.parquet"), "cmd", "verdict_of") {
+            assert_eq!(
+                verdict.get(&of).map(String::as_str),
+                Some("benign"),
+                "{arm}: {c:?} carries the verdict of {of:?}, which was not judged benign"
+            );
+            assert!(
+                stream_lines.contains(c.as_str()),
+                "{arm}: {c:?} is not a stream line"
+            );
+            assert!(
+                !longtail::data::has_placeholder(&c),
+                "{arm}: {c:?} came in past skip_placeholders"
+            );
+            if c == of {
+                own += 1;
+            } else {
+                assert!(!verdict.contains_key(&c), "{arm}: {c:?} was labeled itself");
+                inherited += 1;
             }
         }
         let summary = results

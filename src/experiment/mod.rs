@@ -923,22 +923,22 @@ impl Runner<'_> {
                 cfg.select.near_dup_threshold,
             )),
         };
-        // Old runs' keys stay valid: the flag enters the key only when set.
-        let selection_key = if cfg.select.skip_placeholders {
-            key_of(&(selection_key, "skip_placeholders"))
-        } else {
-            selection_key
-        };
-        let selection_key = if cfg.select.known_truth_only && arm != Arm::OracleAll {
-            key_of(&(selection_key, "known_truth_only"))
-        } else {
-            selection_key
-        };
-        let selection_key = if cfg.select.propagate_to_family && arm != Arm::OracleAll {
-            key_of(&(selection_key, "propagate_to_family"))
-        } else {
-            selection_key
-        };
+        // Old runs' keys stay valid: a flag enters the key only when set (and in this order).
+        // The upper bound labels every line whatever the last two say.
+        let selection_key = [
+            (cfg.select.skip_placeholders, "skip_placeholders"),
+            (
+                cfg.select.known_truth_only && arm != Arm::OracleAll,
+                "known_truth_only",
+            ),
+            (
+                cfg.select.propagate_to_family && arm != Arm::OracleAll,
+                "propagate_to_family",
+            ),
+        ]
+        .into_iter()
+        .filter(|&(set, _)| set)
+        .fold(selection_key, |key, (_, flag)| key_of(&(key, flag)));
         let key = key_of(&(
             "label/2",
             &data.key,

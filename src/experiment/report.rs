@@ -809,20 +809,16 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
              stream lines of a labeled line's coarse family, added with its verdict.\n"
         );
     }
+    let (family_head, family_rule) = if by_family {
+        ("of them by family | ", "---|")
+    } else {
+        ("", "")
+    };
     let _ = writeln!(
         m,
-        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | {}new to the training set | added but truly malicious | selected lines by stream role |",
-        if by_family {
-            "of them by family | "
-        } else {
-            ""
-        }
+        "| arm | sent | benign verdicts | malicious verdicts (to review) | no verdict | added | {family_head}new to the training set | added but truly malicious | selected lines by stream role |"
     );
-    let _ = writeln!(
-        m,
-        "|---|---|---|---|---|---|---|---|---|{}",
-        if by_family { "---|" } else { "" }
-    );
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|{family_rule}");
     for run in r.runs.iter().filter(|x| x.seed == cfg.seeds[0]) {
         if let Some(l) = &run.labels {
             let roles: Vec<String> = l
