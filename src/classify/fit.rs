@@ -40,6 +40,13 @@ pub struct TrainingConfig {
     /// earlier runs' cached stages stay valid).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f64,
+    /// Word dropout: each epoch, every word of a training line after its first (words are
+    /// separated by spaces) is left out with this probability, so the network cannot lean on
+    /// one argument and sees shorter variants of long lines (an unseen script writes the same
+    /// command with other arguments). Validation and scoring see whole lines. 0 = off (and
+    /// left out of saved configs, like `label_smoothing`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub word_dropout: f64,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -53,6 +60,25 @@ fn smoothed(targets: &[f32], eps: f64) -> Vec<f32> {
         .iter()
         .map(|&t| t * (1.0 - eps) + eps / 2.0)
         .collect()
+}
+
+/// `line` with each space-separated word after the first left out with probability `p`
+/// (word dropout); the line itself when none is.
+fn drop_words<'a>(line: &'a str, p: f64, rng: &mut impl Rng) -> std::borrow::Cow<'a, str> {
+    let mut words = line.split(' ');
+    let first = words.next().unwrap_or("");
+    let rest: Vec<&str> = words.collect();
+    let keep: Vec<bool> = rest.iter().map(|_| !rng.random_bool(p)).collect();
+    if keep.iter().all(|&k| k) {
+        return line.into();
+    }
+    let mut out = String::with_capacity(line.len());
+    out.push_str(first);
+    for (word, _) in rest.iter().zip(&keep).filter(|(_, k)| **k) {
+        out.push(' ');
+        out.push_str(word);
+    }
+    out.into()
 }
 
 /// Where [`TrainingConfig::validate_on`] draws the validation split from.
@@ -77,6 +103,7 @@ impl Default for TrainingConfig {
             threshold_fpr: 1e-3,
             validate_on: ValidateOn::All,
             label_smoothing: 0.0,
+            word_dropout: 0.0,
         }
     }
 }
@@ -121,6 +148,9 @@ impl TrainingConfig {
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
             return bad("label_smoothing must be in [0, 0.5) (0 = off; 0.1 is usual)");
+        }
+        if !(0.0..1.0).contains(&self.word_dropout) {
+            return bad("word_dropout must be in [0, 1) (0 = off; 0.1 leaves out one word in ten)");
         }
         Ok(())
     }
@@ -260,6 +290,9 @@ pub fn mean_logits(members: &[&[f32]]) -> Vec<f32> {
 struct ClassifierTask<'a> {
     cfg: &'a CnnConfig,
     training: &'a TrainingConfig,
+    /// The examples' text and tokenizer, for word dropout (which re-encodes each epoch).
+    lines: &'a [&'a str],
+    tokens: &'a super::tokens::Tokens,
     clipped: &'a [Vec<u32>],
     targets: &'a [f32],
     weights: &'a [f32],
@@ -267,6 +300,25 @@ struct ClassifierTask<'a> {
     mean_weight: f64,
     seed: u64,
     val_batches: Vec<HostBatch>,
+}
+
+impl ClassifierTask<'_> {
+    /// Every line's clipped tokens for one epoch, the training lines with words dropped.
+    /// Its own random stream (not the permutation's), so an epoch's batches stay a function
+    /// of (seed, epoch) and a resumed run repeats them.
+    fn with_words_dropped(&self, epoch: usize) -> Vec<Vec<u32>> {
+        const WORD_DROPOUT_STREAM: u64 = 0x776f_7264_5f64_726f;
+        let mut rng = crate::train::epoch_rng(self.seed ^ WORD_DROPOUT_STREAM, epoch);
+        let mut clipped = self.clipped.to_vec();
+        for &i in self.train_idx {
+            if let std::borrow::Cow::Owned(line) =
+                drop_words(self.lines[i], self.training.word_dropout, &mut rng)
+            {
+                clipped[i] = self.cfg.clip(&self.tokens.encode(&line)).into_owned();
+            }
+        }
+        clipped
+    }
 }
 
 impl Task for ClassifierTask<'_> {
@@ -291,10 +343,17 @@ impl Task for ClassifierTask<'_> {
         // A fresh permutation decides which lines of equal length share a batch.
         let mut items = self.train_idx.to_vec();
         items.shuffle(&mut rng);
+        let dropped;
+        let clipped = if self.training.word_dropout > 0.0 {
+            dropped = self.with_words_dropped(epoch);
+            &dropped
+        } else {
+            self.clipped
+        };
         let mut batches = make_batches(
             self.cfg,
             self.training,
-            self.clipped,
+            clipped,
             self.targets,
             self.weights,
             &items,
@@ -419,6 +478,8 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
     let task = ClassifierTask {
         cfg,
         training: setup.training,
+        lines: &lines,
+        tokens: setup.tokens,
         clipped: &clipped,
         targets: &train_targets,
         weights: &weights,
@@ -539,6 +600,8 @@ mod tests {
         let task = ClassifierTask {
             cfg: &cfg,
             training: &training,
+            lines: &[],
+            tokens: &super::super::tokens::Tokens::Bytes,
             clipped: &clipped,
             targets: &[],
             weights: &[],
@@ -599,6 +662,114 @@ mod tests {
             .validate()
             .expect_err("out of range");
             assert!(err.to_string().contains("label_smoothing"), "{err}");
+        }
+    }
+
+    #[test]
+    fn word_dropout_keeps_the_first_word_and_leaves_out_about_its_share() {
+        let line = "msiexec /i pkg.msi /qn /norestart ALLUSERS=1 TARGETDIR=C:\\opt";
+        let mut rng = crate::train::epoch_rng(3, 0);
+        assert_eq!(drop_words(line, 0.0, &mut rng), line);
+        assert_eq!(drop_words(line, 0.999_999, &mut rng), "msiexec");
+        assert_eq!(drop_words("whoami", 0.5, &mut rng), "whoami");
+        let (mut kept, mut total) = (0usize, 0usize);
+        for _ in 0..2000 {
+            let out = drop_words(line, 0.25, &mut rng);
+            assert!(out.starts_with("msiexec"), "{out}");
+            // Words stay whole and in order: the result is a subsequence of the line's words.
+            let mut words = line.split(' ');
+            assert!(out.split(' ').all(|w| words.any(|v| v == w)), "{out}");
+            kept += out.split(' ').count() - 1;
+            total += line.split(' ').count() - 1;
+        }
+        let share = 1.0 - kept as f64 / total as f64;
+        assert!((share - 0.25).abs() < 0.02, "dropped {share}");
+    }
+
+    #[test]
+    fn word_dropout_changes_training_batches_each_epoch_but_repeats_for_a_resumed_run() {
+        let cfg = CnnConfig {
+            widths: vec![2, 3],
+            ..CnnConfig::default()
+        };
+        let texts: Vec<String> = (0..60)
+            .map(|i| format!("tool{i} --flag value{i} --other {i} --last x"))
+            .collect();
+        let lines: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokens = super::super::tokens::Tokens::Bytes;
+        let clipped: Vec<Vec<u32>> = lines.iter().map(|l| tokens.encode(l)).collect();
+        let targets: Vec<f32> = (0..60).map(|i| (i % 2) as f32).collect();
+        let weights = vec![1.0f32; 60];
+        let train_idx: Vec<usize> = (0..50).collect();
+        let training = |word_dropout| TrainingConfig {
+            word_dropout,
+            ..TrainingConfig::default()
+        };
+        let (off, on) = (training(0.0), training(0.3));
+        let task = |training| ClassifierTask {
+            cfg: &cfg,
+            training,
+            lines: &lines,
+            tokens: &tokens,
+            clipped: &clipped,
+            targets: &targets,
+            weights: &weights,
+            train_idx: &train_idx,
+            mean_weight: 1.0,
+            seed: 5,
+            val_batches: Vec::new(),
+        };
+        let rows = |task: &ClassifierTask, epoch| -> Vec<Vec<u32>> {
+            let mut rows: Vec<Vec<u32>> = task
+                .epoch_batches(epoch)
+                .iter()
+                .flat_map(|b| {
+                    let hb = &b.data;
+                    (0..hb.batch)
+                        .map(|r| {
+                            let row = &hb.tokens[r * hb.len..(r + 1) * hb.len];
+                            row[..hb.lens[r] as usize]
+                                .iter()
+                                .map(|&t| t as u32)
+                                .collect()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        let whole: Vec<Vec<u32>> = {
+            let mut v: Vec<Vec<u32>> = train_idx.iter().map(|&i| clipped[i].clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(rows(&task(&off), 0), whole, "off: every line whole");
+        let (e0, e1) = (rows(&task(&on), 0), rows(&task(&on), 1));
+        assert_eq!(e0.len(), 50);
+        assert_ne!(e0, whole, "some words dropped");
+        assert_ne!(e0, e1, "another epoch, other words");
+        assert_eq!(e0, rows(&task(&on), 0), "a function of (seed, epoch)");
+        // Each dropped line is still its line's first word plus some of its other words.
+        assert!(
+            e0.iter()
+                .all(|r| r.starts_with(b"tool".map(u32::from).as_slice()))
+        );
+        assert!(e0.iter().filter(|r| !whole.contains(r)).count() > 20);
+        // Off, the field stays out of saved configs; out of range is an error that names it.
+        assert!(
+            !serde_json::to_string(&off)
+                .unwrap()
+                .contains("word_dropout")
+        );
+        assert!(
+            serde_json::to_string(&on)
+                .unwrap()
+                .contains("\"word_dropout\":0.3")
+        );
+        for bad in [-0.1, 1.0, f64::NAN] {
+            let err = training(bad).validate().expect_err("out of range");
+            assert!(err.to_string().contains("word_dropout"), "{err}");
         }
     }
 
