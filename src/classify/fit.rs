@@ -666,6 +666,18 @@ mod tests {
         );
     }
 
+    /// Each of `values`, set by `set`, fails validation with an error that names `key`.
+    fn assert_rejected(key: &str, values: &[f64], set: impl Fn(&mut TrainingConfig, f64)) {
+        for &value in values {
+            let mut cfg = TrainingConfig::default();
+            set(&mut cfg, value);
+            let err = cfg
+                .validate()
+                .expect_err(&format!("{key} = {value} is out of range"));
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
     #[test]
     fn label_smoothing_moves_targets_inward_and_stays_out_of_saved_configs_when_off() {
         assert_eq!(smoothed(&[0.0, 1.0], 0.1), vec![0.05, 0.95]);
@@ -683,15 +695,9 @@ mod tests {
                 .contains("\"label_smoothing\":0.1")
         );
         assert!(on.validate().is_ok());
-        for bad in [-0.1, 0.5, f64::NAN] {
-            let err = TrainingConfig {
-                label_smoothing: bad,
-                ..TrainingConfig::default()
-            }
-            .validate()
-            .expect_err("out of range");
-            assert!(err.to_string().contains("label_smoothing"), "{err}");
-        }
+        assert_rejected("label_smoothing", &[-0.1, 0.5, f64::NAN], |c, v| {
+            c.label_smoothing = v
+        });
     }
 
     #[test]
@@ -730,15 +736,9 @@ mod tests {
                 .unwrap()
                 .contains("focal")
         );
-        for bad in [-1.0, 0.5, 6.0, f64::NAN] {
-            let err = TrainingConfig {
-                focal_gamma: bad,
-                ..TrainingConfig::default()
-            }
-            .validate()
-            .expect_err("out of range");
-            assert!(err.to_string().contains("focal_gamma"), "{err}");
-        }
+        assert_rejected("focal_gamma", &[-1.0, 0.5, 6.0, f64::NAN], |c, v| {
+            c.focal_gamma = v
+        });
     }
 
     #[test]
@@ -843,10 +843,9 @@ mod tests {
                 .unwrap()
                 .contains("\"word_dropout\":0.3")
         );
-        for bad in [-0.1, 1.0, f64::NAN] {
-            let err = training(bad).validate().expect_err("out of range");
-            assert!(err.to_string().contains("word_dropout"), "{err}");
-        }
+        assert_rejected("word_dropout", &[-0.1, 1.0, f64::NAN], |c, v| {
+            c.word_dropout = v
+        });
     }
 
     #[test]
