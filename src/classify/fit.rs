@@ -72,19 +72,17 @@ fn smoothed(targets: &[f32], eps: f64) -> Vec<f32> {
 /// (word dropout); the line itself when none is.
 fn drop_words<'a>(line: &'a str, p: f64, rng: &mut impl Rng) -> std::borrow::Cow<'a, str> {
     let mut words = line.split(' ');
-    let first = words.next().unwrap_or("");
-    let rest: Vec<&str> = words.collect();
-    let keep: Vec<bool> = rest.iter().map(|_| !rng.random_bool(p)).collect();
-    if keep.iter().all(|&k| k) {
-        return line.into();
+    let mut out = String::from(words.next().unwrap_or(""));
+    let mut dropped = false;
+    for word in words {
+        if rng.random_bool(p) {
+            dropped = true;
+        } else {
+            out.push(' ');
+            out.push_str(word);
+        }
     }
-    let mut out = String::with_capacity(line.len());
-    out.push_str(first);
-    for (word, _) in rest.iter().zip(&keep).filter(|(_, k)| **k) {
-        out.push(' ');
-        out.push_str(word);
-    }
-    out.into()
+    if dropped { out.into() } else { line.into() }
 }
 
 /// Where [`TrainingConfig::validate_on`] draws the validation split from.
