@@ -42,11 +42,12 @@ def main():
           "| Δ hard vs baseline | Δ hard vs random | gap closed (hard) | Δ AUC easy |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for r in results:
+    n_seeds = [len({x["seed"] for x in r["runs"]}) for r in results]
+    unequal = len(set(n_seeds)) > 1  # runs of unequal seeds: say which is which
+    for r, n in zip(results, n_seeds):
         budget = r["config"]["select"]["budget"]
-        n_seeds = len({x["seed"] for x in r["runs"]})
-        if len({len({x["seed"] for x in q["runs"]}) for q in results}) > 1:
-            budget = f"{budget} ({n_seeds} seeds)"  # runs of unequal seeds: say which is which
+        if unequal:
+            budget = f"{budget} ({n} seeds)"
         base = next(a for a in r["arms"] if a["arm"] == "baseline")
         for a in r["arms"]:
             if a["arm"] in ("baseline", "oracle_all"):
