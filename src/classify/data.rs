@@ -15,6 +15,9 @@ pub struct Example {
     pub malicious: bool,
     /// From an augmentation file (weighted by `augment_weight`).
     pub augment: bool,
+    /// The row's `source` (the first one seen for a repeated line): the group that
+    /// `val_split = "source"` holds out whole.
+    pub source: Option<String>,
 }
 
 /// What loading the training data did; recorded in `config.json` and the model card.
@@ -49,7 +52,8 @@ pub fn load_training_set(
     let mut examples: Vec<Example> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut conflicted = vec![];
-    for row in read_labeled(train, false)? {
+    // `extras`: JSONL rows bring their `source` too (the validation split may group by it).
+    for row in read_labeled(train, true)? {
         let Some(label) = row.label() else {
             let key = row.label_text.unwrap_or_else(|| "(none)".into());
             *summary.skipped_labels.entry(key).or_default() += 1;
@@ -70,6 +74,7 @@ pub fn load_training_set(
                     cmd: row.cmd,
                     malicious,
                     augment: false,
+                    source: row.source,
                 });
             }
         }
@@ -83,7 +88,7 @@ pub fn load_training_set(
             conflicted.len()
         );
     }
-    for row in read_labeled(augment, false)? {
+    for row in read_labeled(augment, true)? {
         match index.get(&row.cmd) {
             Some(&i) if examples[i].augment => summary.duplicates += 1,
             Some(_) => summary.augment_already_labeled += 1,
@@ -93,6 +98,7 @@ pub fn load_training_set(
                     cmd: row.cmd,
                     malicious: false,
                     augment: true,
+                    source: row.source,
                 });
             }
         }

@@ -172,8 +172,12 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
                 " of the labeled lines; every augmentation line trained"
             }
         };
+        let held_out = match b.config.training.val_split {
+            super::fit::ValSplit::Line => "hash of the text",
+            super::fit::ValSplit::Source => "whole sources by a hash of the source",
+        };
         s += &format!(
-            "- validation split (hash of the text, {:.0} %{drawn_from}): {} lines ({} malicious): \
+            "- validation split ({held_out}, {:.0} %{drawn_from}): {} lines ({} malicious): \
              ROC AUC {}, PR AUC {}\n",
             b.config.training.val_fraction * 100.0,
             v.lines,
@@ -190,8 +194,17 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
         fmt(t.validation_fpr),
         fmt(t.validation_tpr)
     );
-    s += "Validation lines come from the training distribution: these figures are not a test on \
-          unseen sources; use `longtail evaluate` on a held-out test set for that.\n\n";
+    s += match b.config.training.val_split {
+        super::fit::ValSplit::Line => {
+            "Validation lines come from the training distribution: these figures are not a test \
+             on unseen sources; use `longtail evaluate` on a held-out test set for that.\n\n"
+        }
+        super::fit::ValSplit::Source => {
+            "Validation lines come from sources (scripts, technique files) the model did not \
+             train on, but from the same corpora, and they chose the kept epoch and the \
+             threshold: use `longtail evaluate` on a held-out test set for a test.\n\n"
+        }
+    };
     let name_dir = format!("models/{name}");
     s += &format!(
         "## Use\n\n```sh\nlongtail classify --model {name_dir} lines.txt -o scores.parquet\n\

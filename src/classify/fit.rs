@@ -15,9 +15,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingConfig {
-    /// Share of unique lines held out (by a hash of the text) for validation, early stopping
-    /// and the threshold.
+    /// Share of unique lines held out (by a hash of the text, or of the source with
+    /// `val_split = "source"`) for validation, early stopping and the threshold.
     pub val_fraction: f64,
+    /// What the validation split holds out: `line` (each line by a hash of its text) or
+    /// `source` (whole sources by a hash of the `source` column: every line of a script or of
+    /// an ATT&CK technique's file falls on one side; lines without a source by their text).
+    /// Lines of one script resemble each other, so a `line` split validates on near-copies
+    /// of training lines; a `source` split measures lines of unseen scripts and techniques,
+    /// as a held-out test and deployment do, and chooses the kept epoch and the threshold
+    /// for them. `line` is left out of saved configs (earlier runs' stages stay valid).
+    #[serde(default, skip_serializing_if = "ValSplit::is_line")]
+    pub val_split: ValSplit,
     /// Upper bounds on one batch: lines, and padded byte positions.
     pub max_batch: usize,
     pub batch_tokens: usize,
@@ -85,6 +94,23 @@ fn drop_words<'a>(line: &'a str, p: f64, rng: &mut impl Rng) -> std::borrow::Cow
     if dropped { out.into() } else { line.into() }
 }
 
+/// What [`TrainingConfig::val_split`] holds out: single lines, or whole sources.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValSplit {
+    #[default]
+    Line,
+    Source,
+}
+
+crate::vocab::named_enum!(ValSplit { Line => "line", Source => "source" });
+
+impl ValSplit {
+    fn is_line(&self) -> bool {
+        *self == ValSplit::Line
+    }
+}
+
 /// Where [`TrainingConfig::validate_on`] draws the validation split from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,6 +126,7 @@ impl Default for TrainingConfig {
     fn default() -> Self {
         Self {
             val_fraction: 0.1,
+            val_split: ValSplit::Line,
             max_batch: 64,
             batch_tokens: 8192,
             pos_weight: 0.0,
@@ -115,11 +142,18 @@ impl Default for TrainingConfig {
 
 impl TrainingConfig {
     /// Indices of the training and validation examples: `val_fraction` of the unique lines
-    /// by a hash of the text (a line's side never depends on the other lines), then, with
-    /// `validate_on = "baseline"`, the augmentation lines moved to training.
+    /// by a hash of the text, or of whole sources by a hash of the source (`val_split`; a
+    /// line's side never depends on the other lines), then, with `validate_on = "baseline"`,
+    /// the augmentation lines moved to training.
     pub fn split(&self, examples: &[Example]) -> (Vec<usize>, Vec<usize>) {
-        let texts: Vec<Vec<u8>> = examples.iter().map(|e| e.cmd.as_bytes().to_vec()).collect();
-        let (mut train, val) = split_train_val(&texts, self.val_fraction);
+        let keys: Vec<&[u8]> = examples
+            .iter()
+            .map(|e| match (self.val_split, &e.source) {
+                (ValSplit::Source, Some(source)) if !source.is_empty() => source.as_bytes(),
+                _ => e.cmd.as_bytes(),
+            })
+            .collect();
+        let (mut train, val) = split_train_val(&keys, self.val_fraction);
         if self.validate_on == ValidateOn::All {
             return (train, val);
         }
@@ -443,6 +477,17 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
     cfg.validate()?;
     setup.training.validate()?;
     let (train_idx, val_idx) = setup.training.split(examples);
+    for (class, malicious) in [("benign", false), ("malicious", true)] {
+        if !val_idx.is_empty() && val_idx.iter().all(|&i| examples[i].malicious != malicious) {
+            tracing::warn!(
+                "the validation split ({} lines, val_split = {}) has no {class} line: its ROC \
+                 AUC is undefined, so early stopping by it keeps the first epoch and the \
+                 threshold is a guess; raise val_fraction",
+                val_idx.len(),
+                setup.training.val_split
+            );
+        }
+    }
     let lines: Vec<&str> = examples.iter().map(|e| e.cmd.as_str()).collect();
     let clipped: Vec<Vec<u32>> = setup
         .tokens
@@ -470,7 +515,8 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         if malicious == 0 {
             return Err(crate::Error::input(
                 "no malicious line is left for training after the validation split; \
-                 add malicious lines or lower val_fraction",
+                 add malicious lines, lower val_fraction, or (with val_split = \"source\") \
+                 spread the malicious lines over more sources",
             ));
         }
         benign / malicious as f64
@@ -853,6 +899,7 @@ mod tests {
                 cmd: format!("line {i}"),
                 malicious: i % 7 == 0,
                 augment: i >= 200,
+                source: None,
             })
             .collect();
         let all = TrainingConfig::default();
@@ -877,5 +924,64 @@ mod tests {
         assert!(train.windows(2).all(|w| w[0] < w[1]));
         assert!(all_train.len() < train.len());
         assert_eq!("baseline".parse::<ValidateOn>(), Ok(ValidateOn::Baseline));
+    }
+
+    #[test]
+    fn a_source_split_holds_out_whole_sources_and_lines_without_one_by_their_text() {
+        // 60 scripts of 10 lines each, then 200 lines without a source.
+        let examples: Vec<Example> = (0..800)
+            .map(|i| Example {
+                cmd: format!("line {i}"),
+                malicious: i % 5 == 0,
+                augment: false,
+                source: (i < 600).then(|| format!("owner/repo:script{}.ps1", i / 10)),
+            })
+            .collect();
+        let by_line = TrainingConfig {
+            val_fraction: 0.2,
+            ..TrainingConfig::default()
+        };
+        let by_source = TrainingConfig {
+            val_split: ValSplit::Source,
+            ..by_line.clone()
+        };
+        let (train, val) = by_source.split(&examples);
+        assert_eq!(train.len() + val.len(), examples.len());
+        let side = |i: usize| val.contains(&i);
+        for script in 0..60 {
+            let first = side(script * 10);
+            assert!(
+                (script * 10..script * 10 + 10).all(|i| side(i) == first),
+                "script {script} is split across training and validation"
+            );
+        }
+        let held_scripts = (0..60).filter(|s| side(s * 10)).count();
+        assert!(
+            (4..=22).contains(&held_scripts),
+            "{held_scripts} of 60 scripts held out"
+        );
+        // A line split cuts through scripts; lines without a source split the same either way.
+        let (_, line_val) = by_line.split(&examples);
+        assert!((0..60).any(|s| {
+            let held = (s * 10..s * 10 + 10)
+                .filter(|i| line_val.contains(i))
+                .count();
+            held > 0 && held < 10
+        }));
+        let no_source = |v: &[usize]| v.iter().copied().filter(|&i| i >= 600).collect::<Vec<_>>();
+        assert_eq!(no_source(&val), no_source(&line_val));
+        // The default is left out of saved configs; `source` is written and read back.
+        assert!(
+            !serde_json::to_string(&by_line)
+                .unwrap()
+                .contains("val_split")
+        );
+        let json = serde_json::to_string(&by_source).unwrap();
+        assert!(json.contains("\"val_split\":\"source\""));
+        assert_eq!(
+            serde_json::from_str::<TrainingConfig>(&json).unwrap(),
+            by_source
+        );
+        assert_eq!("source".parse::<ValSplit>(), Ok(ValSplit::Source));
     }
 }
