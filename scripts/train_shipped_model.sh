@@ -24,8 +24,11 @@ CONFIG=${CONFIG:-configs/shipped.toml}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release --quiet --bin longtail
 BIN=$CARGO_TARGET_DIR/release/longtail
-rm -rf "$WORK/run" "$WORK/eval" "$WORK/eval-gpl" "$WORK/eval-ops" "$WORK/split"
 mkdir -p "$WORK"
+# Absolute, so that the exported card names the training file alone (`train.jsonl`), not the
+# folders of this run, whichever WORK was given.
+WORK=$(cd "$WORK" && pwd)
+rm -rf "$WORK/run" "$WORK/eval" "$WORK/eval-gpl" "$WORK/eval-ops" "$WORK/split"
 
 python3 scripts/cmdline_splits.py shipped --data "$DATA" --out "$WORK/split" --ops-cap "$OPS_CAP" \
     | tee "$WORK/split.txt"

@@ -130,3 +130,36 @@ pub fn load_training_set(
 pub fn source_group(source: &str) -> String {
     source.split(':').next().unwrap_or(source).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_rows_bring_their_source_and_a_repeated_line_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = dir.path().join("train.jsonl");
+        std::fs::write(
+            &train,
+            concat!(
+                r#"{"cmd": "git status", "label": "benign", "source": "tldr:git.md"}"#,
+                "\n",
+                r#"{"cmd": "vssadmin delete shadows", "label": "malicious", "source": "art:T1490.yaml"}"#,
+                "\n",
+                r#"{"cmd": "git status", "label": "benign", "source": "tldr:git-status.md"}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        let augment = dir.path().join("added.jsonl");
+        std::fs::write(&augment, "{\"cmd\": \"make install\"}\n").unwrap();
+        let (examples, summary) = load_training_set(&[train], &[augment]).unwrap();
+        let sources: Vec<Option<&str>> = examples.iter().map(|e| e.source.as_deref()).collect();
+        assert_eq!(
+            sources,
+            [Some("tldr:git.md"), Some("art:T1490.yaml"), None],
+            "{examples:?}"
+        );
+        assert_eq!(summary.duplicates, 1);
+    }
+}
