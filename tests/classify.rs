@@ -136,6 +136,69 @@ fn augmentation_rows_count_as_benign_and_labeled_rows_win() {
     );
 }
 
+/// `val_split = "source"`: every source (script, technique file) falls whole on one side, the
+/// trained model's validation is those held-out sources, and its config and card say so.
+#[test]
+fn a_source_split_validates_on_unseen_sources_and_the_card_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // nl2bash's sample is one source of 3,000 lines: left out, so both sides hold many groups.
+    let train = vec![
+        sample("runner_images.jsonl"),
+        sample("atomic_red_team.jsonl"),
+    ];
+    let mut cfg = tiny_config(1);
+    cfg.training.val_split = longtail::classify::fit::ValSplit::Source;
+    cfg.training.val_fraction = 0.2;
+    let (examples, _) = load_training_set(&train, &[]).unwrap();
+    let (train_idx, val_idx) = cfg.training.split(&examples);
+    let sources = |idx: &[usize]| -> std::collections::HashSet<String> {
+        idx.iter()
+            .map(|&i| {
+                examples[i]
+                    .source
+                    .clone()
+                    .expect("every sample line has a source")
+            })
+            .collect()
+    };
+    let (seen, held) = (sources(&train_idx), sources(&val_idx));
+    assert!(seen.is_disjoint(&held), "{:?}", seen.intersection(&held));
+    assert!(held.len() >= 20, "{} sources held out", held.len());
+    let held_malicious = val_idx.iter().filter(|&&i| examples[i].malicious).count();
+    assert!(held_malicious > 0 && held_malicious < val_idx.len());
+
+    let model = dir.path().join("model");
+    let bundle = classify::train(
+        &TrainRequest {
+            config: &cfg,
+            train: &train,
+            augment: &[],
+            init: None,
+            out: &model,
+            resume: false,
+        },
+        &globals(),
+    )
+    .unwrap();
+    let v = bundle.validation.unwrap();
+    assert_eq!((v.lines, v.malicious), (val_idx.len(), held_malicious));
+    let saved = std::fs::read_to_string(model.join("config.json")).unwrap();
+    assert!(saved.contains(r#""val_split": "source""#), "{saved}");
+    let out = dir.path().join("exported");
+    longtail_ok(&[
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("validation split (whole sources by a hash of the source, 20 %)"),
+        "{card}"
+    );
+}
+
 /// A kill mid-training loses at most the epoch in progress, `--resume` reaches the same
 /// result as an uninterrupted run, and resuming with another config is refused.
 #[test]
