@@ -481,8 +481,9 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         if !val_idx.is_empty() && val_idx.iter().all(|&i| examples[i].malicious != malicious) {
             tracing::warn!(
                 "the validation split ({} lines, val_split = {}) has no {class} line: its ROC \
-                 AUC is undefined, so early stopping by it keeps the first epoch and the \
-                 threshold is a guess; raise val_fraction",
+                 AUC is undefined (early stopping by roc_auc keeps the first epoch) and the \
+                 threshold cannot be checked against it (threshold.json says how it was set); \
+                 raise val_fraction",
                 val_idx.len(),
                 setup.training.val_split
             );
