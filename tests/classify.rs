@@ -23,6 +23,27 @@ fn tiny_config(epochs: usize) -> ClassifierConfig {
     c
 }
 
+/// Train `config` on `train` alone (no augmentation, fresh start) into `out`.
+fn train_plain(
+    config: &ClassifierConfig,
+    train: &[PathBuf],
+    out: &Path,
+    globals: &longtail::Globals,
+) -> classify::ClassifierBundle {
+    classify::train(
+        &TrainRequest {
+            config,
+            train,
+            augment: &[],
+            init: None,
+            out,
+            resume: false,
+        },
+        globals,
+    )
+    .unwrap()
+}
+
 /// Write the first `n` rows of each sample file into one JSONL file.
 fn subset(dir: &Path, files: &[(&str, usize)]) -> PathBuf {
     let mut out = String::new();
@@ -50,18 +71,7 @@ fn flex_classifier_learns_the_sample_quickly_and_scores_do_not_depend_on_the_bat
     ];
     let cfg = tiny_config(4);
     let start = Instant::now();
-    let bundle = classify::train(
-        &TrainRequest {
-            config: &cfg,
-            train: &train,
-            augment: &[],
-            init: None,
-            out: dir.path(),
-            resume: false,
-        },
-        &globals(),
-    )
-    .unwrap();
+    let bundle = train_plain(&cfg, &train, dir.path(), &globals());
     let secs = start.elapsed().as_secs_f64();
     let v = bundle.validation.clone().unwrap();
     let t = bundle.training.clone().unwrap();
@@ -168,18 +178,7 @@ fn a_source_split_validates_on_unseen_sources_and_the_card_says_so() {
     assert!(held_malicious > 0 && held_malicious < val_idx.len());
 
     let model = dir.path().join("model");
-    let bundle = classify::train(
-        &TrainRequest {
-            config: &cfg,
-            train: &train,
-            augment: &[],
-            init: None,
-            out: &model,
-            resume: false,
-        },
-        &globals(),
-    )
-    .unwrap();
+    let bundle = train_plain(&cfg, &train, &model, &globals());
     let v = bundle.validation.unwrap();
     assert_eq!((v.lines, v.malicious), (val_idx.len(), held_malicious));
     let saved = std::fs::read_to_string(model.join("config.json")).unwrap();
@@ -904,18 +903,7 @@ fn wgpu_cpu_trains_and_scores_a_tiny_classifier() {
     config.training.val_fraction = 0.0;
     let gpu = longtail::Globals::new(longtail::device::DeviceChoice::WgpuCpu, 7).unwrap();
     let out = dir.path().join("model");
-    classify::train(
-        &TrainRequest {
-            config: &config,
-            train: std::slice::from_ref(&train),
-            augment: &[],
-            init: None,
-            out: &out,
-            resume: false,
-        },
-        &gpu,
-    )
-    .unwrap();
+    train_plain(&config, std::slice::from_ref(&train), &out, &gpu);
     let refs: Vec<&str> = lines.iter().take(20).map(String::as_str).collect();
     let on_gpu = Classifier::load(&out, &gpu)
         .unwrap()
