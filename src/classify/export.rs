@@ -117,7 +117,10 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
         "# {name}\n\n{ensemble}A CNN command-line classifier from `longtail` ({}): {tokens}, \
          embedding {}, {} filters of widths {:?}, ReLU, {pooling}, dropout {}{hidden}, one \
          logit; lines longer than {} tokens keep their first and last halves. {} parameters. \
-         Score = sigmoid(logit), the probability that the line is malicious.\n\n",
+         Score = sigmoid(logit) in [0, 1], higher for more likely malicious. Training weighs \
+         the classes (`pos_weight`), so the score is not a calibrated probability: compare it \
+         with the stored threshold, or with one chosen by `longtail evaluate` on your own \
+         lines.\n\n",
         b.format,
         m.embed_dim,
         m.filters,
