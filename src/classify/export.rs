@@ -168,16 +168,26 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
             fmt(tr.best_val)
         );
     }
+    // How the validation lines were held out, and what their figures can and cannot say.
+    let (held_out, caveat) = match b.config.training.val_split {
+        super::fit::ValSplit::Line => (
+            "hash of the text",
+            "Validation lines come from the training distribution: these figures are not a test \
+             on unseen sources; use `longtail evaluate` on a held-out test set for that.\n\n",
+        ),
+        super::fit::ValSplit::Source => (
+            "whole sources by a hash of the source",
+            "Validation lines come from sources (scripts, technique files) the model did not \
+             train on, but from the same corpora, and they chose the kept epoch and the \
+             threshold: use `longtail evaluate` on a held-out test set for a test.\n\n",
+        ),
+    };
     if let Some(v) = &b.validation {
         let drawn_from = match b.config.training.validate_on {
             super::fit::ValidateOn::All => "",
             super::fit::ValidateOn::Baseline => {
                 " of the labeled lines; every augmentation line trained"
             }
-        };
-        let held_out = match b.config.training.val_split {
-            super::fit::ValSplit::Line => "hash of the text",
-            super::fit::ValSplit::Source => "whole sources by a hash of the source",
         };
         s += &format!(
             "- validation split ({held_out}, {:.0} %{drawn_from}): {} lines ({} malicious): \
@@ -197,17 +207,7 @@ pub fn model_card(name: &str, classifier: &Classifier) -> String {
         fmt(t.validation_fpr),
         fmt(t.validation_tpr)
     );
-    s += match b.config.training.val_split {
-        super::fit::ValSplit::Line => {
-            "Validation lines come from the training distribution: these figures are not a test \
-             on unseen sources; use `longtail evaluate` on a held-out test set for that.\n\n"
-        }
-        super::fit::ValSplit::Source => {
-            "Validation lines come from sources (scripts, technique files) the model did not \
-             train on, but from the same corpora, and they chose the kept epoch and the \
-             threshold: use `longtail evaluate` on a held-out test set for a test.\n\n"
-        }
-    };
+    s += caveat;
     let name_dir = format!("models/{name}");
     s += &format!(
         "## Use\n\n```sh\nlongtail classify --model {name_dir} lines.txt -o scores.parquet\n\

@@ -477,17 +477,21 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
     cfg.validate()?;
     setup.training.validate()?;
     let (train_idx, val_idx) = setup.training.split(examples);
-    for (class, malicious) in [("benign", false), ("malicious", true)] {
-        if !val_idx.is_empty() && val_idx.iter().all(|&i| examples[i].malicious != malicious) {
-            tracing::warn!(
-                "the validation split ({} lines, val_split = {}) has no {class} line: its ROC \
-                 AUC is undefined (early stopping by roc_auc keeps the first epoch) and the \
-                 threshold cannot be checked against it (threshold.json says how it was set); \
-                 raise val_fraction",
-                val_idx.len(),
-                setup.training.val_split
-            );
-        }
+    let val_malicious = val_idx.iter().filter(|&&i| examples[i].malicious).count();
+    if !val_idx.is_empty() && (val_malicious == 0 || val_malicious == val_idx.len()) {
+        let missing = if val_malicious == 0 {
+            "malicious"
+        } else {
+            "benign"
+        };
+        tracing::warn!(
+            "the validation split ({} lines, val_split = {}) has no {missing} line: its ROC AUC \
+             is undefined (early stopping by roc_auc keeps the first epoch) and the threshold \
+             cannot be checked against it (threshold.json says how it was set); raise \
+             val_fraction",
+            val_idx.len(),
+            setup.training.val_split
+        );
     }
     let lines: Vec<&str> = examples.iter().map(|e| e.cmd.as_str()).collect();
     let clipped: Vec<Vec<u32>> = setup
