@@ -879,6 +879,26 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
         assert!((0.0..=1.0).contains(&time.roc_auc));
     }
     for arm in &results.arms {
+        // The hard test's TPR at FPR 1e-3: its interval's estimate is the main table's mean,
+        // and its gains are intervals like the AUC's.
+        let tpr = arm.tpr_ci.hard.expect("a TPR interval on the hard test");
+        assert!(
+            (tpr.estimate - arm.tpr_at_fpr_1e3_hard.mean).abs() < 1e-9,
+            "{tpr:?} vs {:?}",
+            arm.tpr_at_fpr_1e3_hard
+        );
+        assert!(
+            tpr.lower <= tpr.estimate && tpr.estimate <= tpr.upper,
+            "{tpr:?}"
+        );
+        assert_eq!(
+            arm.tpr_ci.hard_vs_baseline.is_some(),
+            arm.arm != experiment::Arm::Baseline
+        );
+        assert_eq!(
+            arm.tpr_ci.hard_vs_random.is_some(),
+            !matches!(arm.arm, experiment::Arm::Baseline | experiment::Arm::Random)
+        );
         let gain = arm.gain_ci.time_vs_baseline;
         if arm.arm == experiment::Arm::Baseline {
             assert!(gain.is_none());
@@ -919,6 +939,7 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
         "### Time-split test",
         "Δ vs random control [95 % CI]",
         "### Against the random control (hard test)",
+        "### TPR at FPR 1e-3 on the hard test, with intervals",
         "### Without unexpanded variables",
         "time-split test: tail lines of the stream's sources first seen on or after 2024-07-01",
     ] {

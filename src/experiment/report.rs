@@ -6,7 +6,9 @@ use super::datasets::Table;
 use super::{Arm, ArmOutcome, DataOutputs, ExperimentConfig, LabelerKind};
 use crate::data::has_placeholder;
 use crate::error::Result;
-use crate::evaluate::{Interval, Report, ReportOptions, RocCurve, paired_auc_gain};
+use crate::evaluate::{
+    Interval, Report, ReportOptions, RocCurve, Statistic, paired_gain, seed_mean,
+};
 use crate::io::table::write_atomic;
 use crate::vocab::Label;
 use serde::{Deserialize, Serialize};
@@ -143,6 +145,10 @@ pub struct ArmSummary {
     /// the baseline and over the random control.
     #[serde(default)]
     pub gain_ci: GainIntervals,
+    /// The same kind of intervals for the hard test's TPR at FPR 1e-3, which a few benign
+    /// lines set: the arm's mean, and its gains over the baseline and the random control.
+    #[serde(default)]
+    pub tpr_ci: TprIntervals,
 }
 
 /// Paired-bootstrap intervals of an arm's AUC difference; `None` where it does not apply.
@@ -152,6 +158,14 @@ pub struct GainIntervals {
     pub hard_vs_random: Option<Interval>,
     pub time_vs_baseline: Option<Interval>,
     pub time_vs_random: Option<Interval>,
+}
+
+/// Bootstrap intervals of the hard test's TPR at FPR 1e-3; `None` where they do not apply.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TprIntervals {
+    pub hard: Option<Interval>,
+    pub hard_vs_baseline: Option<Interval>,
+    pub hard_vs_random: Option<Interval>,
 }
 
 /// Resamples of every gain interval: enough for stable 2.5 % / 97.5 % quantiles, cheap
@@ -265,6 +279,7 @@ fn summarize(runs: &[RunResult]) -> Vec<ArmSummary> {
                 auc_hard_plain: opt(&|r| Some(r.hard_plain.as_ref()?.roc_auc)),
                 auc_time_plain: opt(&|r| Some(r.time_plain.as_ref()?.roc_auc)),
                 gain_ci: GainIntervals::default(),
+                tpr_ci: TprIntervals::default(),
             }
         })
         .collect()
@@ -369,7 +384,8 @@ impl SubsetMetrics for Option<PlainSubset> {
 }
 
 /// Each arm's paired-bootstrap intervals against the baseline and the random control, on the
-/// hard and the time-split test, over the seeds both have (same labeler for the control).
+/// hard and the time-split test, over the seeds both have (same labeler for the control); and
+/// the intervals of the hard test's TPR at FPR 1e-3.
 fn add_gain_intervals(
     arms: &mut [ArmSummary],
     outcomes: &[ArmOutcome],
@@ -386,7 +402,8 @@ fn add_gain_intervals(
     let interval = |a: &BTreeMap<u64, &ArmOutcome>,
                     b: &BTreeMap<u64, &ArmOutcome>,
                     labels: &[bool],
-                    pick: fn(&ArmOutcome) -> &[f64]|
+                    pick: fn(&ArmOutcome) -> &[f64],
+                    statistic: Statistic|
      -> Result<Option<Interval>> {
         let pairs: Vec<(&[f64], &[f64])> = a
             .iter()
@@ -396,23 +413,45 @@ fn add_gain_intervals(
         if pairs.is_empty() || labels.is_empty() {
             return Ok(None);
         }
-        paired_auc_gain(&pairs, labels, 0.95, GAIN_RESAMPLES, 0x5eed).map(Some)
+        paired_gain(&pairs, labels, statistic, 0.95, GAIN_RESAMPLES, 0x5eed).map(Some)
     };
-    for a in arms.iter_mut().filter(|a| a.arm != Arm::Baseline) {
+    fn hard(o: &ArmOutcome) -> &[f64] {
+        &o.hard_scores
+    }
+    fn time(o: &ArmOutcome) -> &[f64] {
+        &o.time_scores
+    }
+    let (auc, tpr) = (Statistic::RocAuc, Statistic::TprAtFpr(1e-3));
+    let base = scores_of(Arm::Baseline, None);
+    for a in arms.iter_mut() {
         let mine = scores_of(a.arm, a.labeler);
-        let base = scores_of(Arm::Baseline, None);
+        let runs: Vec<&[f64]> = mine
+            .values()
+            .map(|o| hard(o))
+            .filter(|s| s.len() == hard_labels.len())
+            .collect();
+        let both_classes = hard_labels.contains(&true) && hard_labels.contains(&false);
+        if !runs.is_empty() && both_classes {
+            a.tpr_ci.hard = Some(seed_mean(
+                &runs,
+                hard_labels,
+                tpr,
+                0.95,
+                GAIN_RESAMPLES,
+                0x5eed,
+            )?);
+        }
+        if a.arm == Arm::Baseline {
+            continue;
+        }
         let random = scores_of(Arm::Random, a.labeler);
-        fn hard(o: &ArmOutcome) -> &[f64] {
-            &o.hard_scores
-        }
-        fn time(o: &ArmOutcome) -> &[f64] {
-            &o.time_scores
-        }
-        a.gain_ci.hard_vs_baseline = interval(&mine, &base, hard_labels, hard)?;
-        a.gain_ci.time_vs_baseline = interval(&mine, &base, time_labels, time)?;
+        a.gain_ci.hard_vs_baseline = interval(&mine, &base, hard_labels, hard, auc)?;
+        a.gain_ci.time_vs_baseline = interval(&mine, &base, time_labels, time, auc)?;
+        a.tpr_ci.hard_vs_baseline = interval(&mine, &base, hard_labels, hard, tpr)?;
         if a.arm != Arm::Random {
-            a.gain_ci.hard_vs_random = interval(&mine, &random, hard_labels, hard)?;
-            a.gain_ci.time_vs_random = interval(&mine, &random, time_labels, time)?;
+            a.gain_ci.hard_vs_random = interval(&mine, &random, hard_labels, hard, auc)?;
+            a.gain_ci.time_vs_random = interval(&mine, &random, time_labels, time, auc)?;
+            a.tpr_ci.hard_vs_random = interval(&mine, &random, hard_labels, hard, tpr)?;
         }
     }
     Ok(())
@@ -706,6 +745,40 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
                     gap_closed(true, &a.auc_hard_gain, upper.as_ref())
                 );
             }
+        }
+    }
+    if r.arms.iter().any(|a| a.tpr_ci.hard.is_some()) {
+        let benign = r
+            .runs
+            .first()
+            .map_or(0, |x| x.hard.lines - x.hard.malicious);
+        let _ = writeln!(
+            m,
+            "\n### TPR at FPR 1e-3 on the hard test, with intervals\n\nThe hard test has {benign} \
+             benign lines, so FPR 1e-3 allows {} false positive{}: the few highest-scoring benign \
+             lines set this figure, and another draw of the test would move it more than it \
+             moves the AUC. The 95 % intervals resample test lines (within each class) and \
+             seeds; the differences are paired by seed.\n",
+            benign / 1000,
+            if benign / 1000 == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            m,
+            "| arm | TPR at FPR 1e-3, hard [95 % CI] | Δ vs baseline [95 % CI] | Δ vs random control [95 % CI] |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|");
+        for a in &r.arms {
+            let Some(iv) = &a.tpr_ci.hard else { continue };
+            let _ = writeln!(
+                m,
+                "| {} | {:.3} [{:.3}, {:.3}] | {} | {} |",
+                name_of(a.arm, a.labeler),
+                iv.estimate,
+                iv.lower,
+                iv.upper,
+                with_ci(a.tpr_ci.hard_vs_baseline.as_ref()),
+                with_ci(a.tpr_ci.hard_vs_random.as_ref()),
+            );
         }
     }
     if r.arms
