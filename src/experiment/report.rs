@@ -752,15 +752,23 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
             .runs
             .first()
             .map_or(0, |x| x.hard.lines - x.hard.malicious);
+        let allowed = match benign / 1000 {
+            0 => "no false positive: the highest-scoring benign line sets this figure (the TPR \
+                  at zero false positives)"
+                .to_string(),
+            1 => "one false positive: the two highest-scoring benign lines set this figure"
+                .to_string(),
+            n => format!(
+                "{n} false positives: the {} highest-scoring benign lines set this figure",
+                n + 1
+            ),
+        };
         let _ = writeln!(
             m,
             "\n### TPR at FPR 1e-3 on the hard test, with intervals\n\nThe hard test has {benign} \
-             benign lines, so FPR 1e-3 allows {} false positive{}: the few highest-scoring benign \
-             lines set this figure, and another draw of the test would move it more than it \
-             moves the AUC. The 95 % intervals resample test lines (within each class) and \
-             seeds; the differences are paired by seed.\n",
-            benign / 1000,
-            if benign / 1000 == 1 { "" } else { "s" }
+             benign lines, so FPR 1e-3 allows {allowed}, and another draw of the test would \
+             move it more than it moves the AUC. The 95 % intervals resample test lines (within \
+             each class) and seeds; the differences are paired by seed.\n"
         );
         let _ = writeln!(
             m,
