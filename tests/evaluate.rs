@@ -477,6 +477,18 @@ fn report_compares_models_with_group_breakdown() {
         "{md}"
     );
     assert!(md.contains("† not resolvable"), "{md}");
+    // The low-FPR figures again, with their bootstrap intervals.
+    assert!(
+        md.contains("### TPR at low FPR, with 95 % intervals"),
+        "{md}"
+    );
+    assert!(md.contains("| baseline | 0.6000 ("), "{md}");
+    let at3 = &report.model("baseline").unwrap().metrics.tpr_at_fpr[1];
+    let ci = at3.ci.expect("an interval for TPR at FPR 1e-3");
+    assert!(
+        ci.lower <= at3.point.tpr && at3.point.tpr <= ci.upper,
+        "{ci:?}"
+    );
     assert!(md.contains("## By source"), "{md}");
     assert!(
         md.contains("| runner_images | baseline | 100 (0 / 100) | – | – / 0.1000 | – / 0.0100 | – / 0 | – / 1.0000 | – / 1.0000 |"),

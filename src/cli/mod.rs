@@ -73,7 +73,8 @@ pub enum Command {
     /// Pretrain the classifier's embedding and convolutions on unlabeled lines (masked-token
     /// prediction), for `train-classifier --pretrained`.
     PretrainClassifier(pretrain::PretrainArgs),
-    /// Compare classifiers on one labeled test set: AUC, TPR at low FPR, breakdowns, SVG plots.
+    /// Compare classifiers on one labeled test set: AUC and TPR at low FPR with intervals,
+    /// breakdowns, SVG plots.
     Evaluate(classify::EvaluateArgs),
     /// Score lines with a trained classifier: probability of malicious and a label.
     Classify(classify::ClassifyArgs),

@@ -433,6 +433,21 @@ impl RocCurve {
         twice_u as f64 / (2 * p * n) as f64
     }
 
+    /// [`RocCurve::tpr_at_fpr`]'s TPR for per-group weights (the bootstrap's resampled counts).
+    fn weighted_tpr_at_fpr(&self, pos: &[u64], neg: &[u64], target_fpr: f64) -> f64 {
+        let (p, n) = (pos.iter().sum::<u64>(), neg.iter().sum::<u64>());
+        let allowed = target_fpr * n as f64 * (1.0 + RATE_SLACK);
+        let (mut tp, mut fp) = (0u64, 0u64);
+        for (&pk, &nk) in pos.iter().zip(neg) {
+            if (fp + nk) as f64 > allowed {
+                break;
+            }
+            tp += pk;
+            fp += nk;
+        }
+        tp as f64 / p as f64
+    }
+
     /// Average precision: sum over thresholds of (recall step) x (precision there).
     pub fn average_precision(&self) -> f64 {
         let mut ap = 0.0;
@@ -505,6 +520,45 @@ impl RocCurve {
 
     /// Stratified percentile-bootstrap confidence interval for [`RocCurve::auc`].
     pub fn auc_ci_bootstrap(&self, level: f64, resamples: usize, seed: u64) -> Result<Interval> {
+        let mut intervals =
+            self.bootstrap(level, resamples, seed, &[self.auc()], |p, n, out| {
+                out[0] = self.weighted_auc(p, n)
+            })?;
+        Ok(intervals.remove(0))
+    }
+
+    /// Stratified percentile-bootstrap intervals of [`RocCurve::tpr_at_fpr`] for each target
+    /// FPR, from one set of resamples. At low FPR the few highest-scoring negatives set the
+    /// figure, so its interval is much wider than the AUC's and often lopsided.
+    pub fn tpr_at_fpr_ci_bootstrap(
+        &self,
+        targets: &[f64],
+        level: f64,
+        resamples: usize,
+        seed: u64,
+    ) -> Result<Vec<Interval>> {
+        let estimates = targets
+            .iter()
+            .map(|&t| Ok(self.tpr_at_fpr(t)?.tpr))
+            .collect::<Result<Vec<f64>>>()?;
+        self.bootstrap(level, resamples, seed, &estimates, |p, n, out| {
+            for (o, &t) in out.iter_mut().zip(targets) {
+                *o = self.weighted_tpr_at_fpr(p, n, t);
+            }
+        })
+    }
+
+    /// Stratified percentile bootstrap of `estimates.len()` statistics at once: each resample
+    /// draws the positives and the negatives with replacement, and `statistics` turns the
+    /// resampled counts per distinct score into one value per statistic.
+    fn bootstrap(
+        &self,
+        level: f64,
+        resamples: usize,
+        seed: u64,
+        estimates: &[f64],
+        statistics: impl Fn(&[u64], &[u64], &mut [f64]) + Sync,
+    ) -> Result<Vec<Interval>> {
         check_level(level)?;
         if resamples < 10 {
             return Err(Error::input(format!(
@@ -527,42 +581,53 @@ impl RocCurve {
             .then(|| crate::progress::bar(resamples as u64, "bootstrap", "resamples"));
         // Resample r draws from its own generator seeded by (seed, r), so the interval does not
         // depend on how many threads share the work.
-        let one_resample = |r: usize, pos_w: &mut Vec<u64>, neg_w: &mut Vec<u64>| -> f64 {
-            let mut rng =
-                StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            pos_w.fill(0);
-            neg_w.fill(0);
-            for _ in 0..pos_group.len() {
-                pos_w[pos_group[rng.random_range(0..pos_group.len())] as usize] += 1;
-            }
-            for _ in 0..neg_group.len() {
-                neg_w[neg_group[rng.random_range(0..neg_group.len())] as usize] += 1;
-            }
-            self.weighted_auc(pos_w, neg_w)
-        };
-        let groups = self.scores.len();
-        let mut aucs = vec![0.0; resamples];
-        aucs.par_iter_mut().enumerate().for_each_init(
-            || (vec![0u64; groups], vec![0u64; groups]),
-            |(pos_w, neg_w), (r, auc)| {
-                *auc = one_resample(r, pos_w, neg_w);
-                if let Some(bar) = &bar {
-                    bar.inc(1);
+        let stats = estimates.len();
+        let one_resample =
+            |r: usize, pos_w: &mut Vec<u64>, neg_w: &mut Vec<u64>, out: &mut [f64]| {
+                let mut rng =
+                    StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                pos_w.fill(0);
+                neg_w.fill(0);
+                for _ in 0..pos_group.len() {
+                    pos_w[pos_group[rng.random_range(0..pos_group.len())] as usize] += 1;
                 }
-            },
-        );
+                for _ in 0..neg_group.len() {
+                    neg_w[neg_group[rng.random_range(0..neg_group.len())] as usize] += 1;
+                }
+                statistics(pos_w, neg_w, out);
+            };
+        let groups = self.scores.len();
+        // Row r holds resample r's value of every statistic.
+        let mut values = vec![0.0; resamples * stats];
+        values
+            .par_chunks_mut(stats.max(1))
+            .enumerate()
+            .for_each_init(
+                || (vec![0u64; groups], vec![0u64; groups]),
+                |(pos_w, neg_w), (r, out)| {
+                    one_resample(r, pos_w, neg_w, out);
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                    }
+                },
+            );
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        aucs.sort_unstable_by(f64::total_cmp);
         let alpha = 1.0 - level;
-        Ok(Interval {
-            estimate: self.auc(),
-            lower: quantile_sorted(&aucs, alpha / 2.0),
-            upper: quantile_sorted(&aucs, 1.0 - alpha / 2.0),
-            level,
-            method: CiMethod::Bootstrap { resamples, seed },
-        })
+        Ok((0..stats)
+            .map(|k| {
+                let mut column: Vec<f64> = values.iter().skip(k).step_by(stats).copied().collect();
+                column.sort_unstable_by(f64::total_cmp);
+                Interval {
+                    estimate: estimates[k],
+                    lower: quantile_sorted(&column, alpha / 2.0),
+                    upper: quantile_sorted(&column, 1.0 - alpha / 2.0),
+                    level,
+                    method: CiMethod::Bootstrap { resamples, seed },
+                }
+            })
+            .collect())
     }
 
     /// Confidence interval by `method`; `Ok(None)` for [`CiMethod::None`].
@@ -644,7 +709,19 @@ pub struct MetricsOptions {
     pub ci: CiMethod,
     /// Interval coverage (default 0.95).
     pub ci_level: f64,
+    /// Bootstrap resamples of the intervals of every "TPR at FPR" (default 1000; 0 for none).
+    /// The low-FPR figures move with a handful of negatives, so they get an interval whatever
+    /// the AUC's method.
+    #[serde(default = "default_tpr_ci_resamples")]
+    pub tpr_ci_resamples: usize,
 }
+
+fn default_tpr_ci_resamples() -> usize {
+    1000
+}
+
+/// Seed of the "TPR at FPR" intervals: fixed, so a report is reproducible.
+const TPR_CI_SEED: u64 = 0x5eed;
 
 impl Default for MetricsOptions {
     fn default() -> Self {
@@ -653,6 +730,7 @@ impl Default for MetricsOptions {
             tpr_targets: vec![0.90, 0.95],
             ci: CiMethod::DeLong,
             ci_level: 0.95,
+            tpr_ci_resamples: default_tpr_ci_resamples(),
         }
     }
 }
@@ -663,6 +741,9 @@ pub struct AtTarget {
     pub target: f64,
     #[serde(flatten)]
     pub point: OperatingPoint,
+    /// Bootstrap interval of the rate (only for "TPR at FPR", when asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<Interval>,
 }
 
 /// The standard metrics of one score set.
@@ -696,13 +777,28 @@ pub fn summarize_curve(curve: &RocCurve, options: &MetricsOptions) -> Result<Met
         }
         Err(e) => return Err(e),
     };
+    let tpr_cis = match options.tpr_ci_resamples {
+        0 => vec![None; options.fpr_targets.len()],
+        resamples => curve
+            .tpr_at_fpr_ci_bootstrap(
+                &options.fpr_targets,
+                options.ci_level,
+                resamples,
+                TPR_CI_SEED,
+            )?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
     let tpr_at_fpr = options
         .fpr_targets
         .iter()
-        .map(|&target| {
+        .zip(tpr_cis)
+        .map(|(&target, ci)| {
             Ok(AtTarget {
                 target,
                 point: curve.tpr_at_fpr(target)?,
+                ci,
             })
         })
         .collect::<Result<_>>()?;
@@ -713,6 +809,7 @@ pub fn summarize_curve(curve: &RocCurve, options: &MetricsOptions) -> Result<Met
             Ok(AtTarget {
                 target,
                 point: curve.fpr_at_tpr(target)?,
+                ci: None,
             })
         })
         .collect::<Result<_>>()?;
@@ -778,5 +875,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.weighted_auc(&c.pos, &c.neg), c.auc());
+    }
+
+    #[test]
+    fn tpr_intervals_are_the_curves_tpr_under_resampling() {
+        // 1,000 negatives and 200 positives on 50 distinct scores: ties at every threshold.
+        let labels: Vec<bool> = (0..1200).map(|i| i % 6 == 0).collect();
+        let scores: Vec<f64> = (0..1200u64)
+            .map(|i| ((i * 7919) % 50) as f64 + if i % 6 == 0 { 20.0 } else { 0.0 })
+            .collect();
+        let c = RocCurve::new(&scores, &labels).unwrap();
+        let targets = [1e-1, 1e-2, 1e-3];
+        for &t in &targets {
+            let want = c.tpr_at_fpr(t).unwrap().tpr;
+            assert_eq!(c.weighted_tpr_at_fpr(&c.pos, &c.neg, t), want, "at FPR {t}");
+        }
+        let cis = c.tpr_at_fpr_ci_bootstrap(&targets, 0.95, 300, 9).unwrap();
+        for (ci, &t) in cis.iter().zip(&targets) {
+            assert_eq!(ci.estimate, c.tpr_at_fpr(t).unwrap().tpr);
+            assert!(ci.lower <= ci.estimate && ci.estimate <= ci.upper, "{ci:?}");
+            assert!(
+                ci.upper > ci.lower,
+                "resampling moves the TPR at FPR {t}: {ci:?}"
+            );
+        }
+        assert_eq!(
+            cis,
+            c.tpr_at_fpr_ci_bootstrap(&targets, 0.95, 300, 9).unwrap()
+        );
+        // The AUC's interval does not depend on being computed beside others.
+        let auc = c.auc_ci_bootstrap(0.95, 300, 9).unwrap();
+        assert!(
+            auc.lower < auc.estimate && auc.estimate < auc.upper,
+            "{auc:?}"
+        );
+        // summarize attaches them to "TPR at FPR" only; 0 resamples turns them off.
+        let m = summarize(&scores, &labels, &MetricsOptions::default()).unwrap();
+        assert!(m.tpr_at_fpr.iter().all(|a| a.ci.is_some()));
+        assert!(m.fpr_at_tpr.iter().all(|a| a.ci.is_none()));
+        let off = MetricsOptions {
+            tpr_ci_resamples: 0,
+            ..Default::default()
+        };
+        let m = summarize(&scores, &labels, &off).unwrap();
+        assert!(m.tpr_at_fpr.iter().all(|a| a.ci.is_none()));
     }
 }

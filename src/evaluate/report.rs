@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::metrics::{self, Metrics, MetricsOptions, RocCurve};
+use super::metrics::{self, Interval, Metrics, MetricsOptions, RocCurve};
 use super::plot::{self, FprScale, Histogram, Marker, RocSeries};
 use crate::error::{Context, Error, Result};
 use crate::io::table::write_atomic;
@@ -263,6 +263,48 @@ impl Report {
             "Thresholds flag `score >= threshold`; tied scores are never split. PR AUC is \
              average precision.\n"
         );
+
+        // The low-FPR figures with their intervals: they move with a handful of negatives.
+        let with_ci = |m: &&ModelResult| m.metrics.tpr_at_fpr.iter().any(|a| a.ci.is_some());
+        if let Some(first) = self.models.iter().find(with_ci) {
+            let resamples = first.metrics.tpr_at_fpr.iter().find_map(|a| match a.ci {
+                Some(Interval {
+                    method: metrics::CiMethod::Bootstrap { resamples, .. },
+                    ..
+                }) => Some(resamples),
+                _ => None,
+            });
+            let _ = writeln!(
+                md,
+                "### TPR at low FPR, with {:.0} % intervals\n\nA stratified percentile bootstrap \
+                 ({} resamples of the test lines within each class). At FPR f only the top f of \
+                 the negatives may be flagged, so a few high-scoring negatives set the figure: \
+                 another draw of the test set moves it far more than it moves the AUC.\n",
+                opts.ci_level * 100.0,
+                resamples.unwrap_or(0)
+            );
+            let mut header = vec!["model".to_string()];
+            header.extend(
+                opts.fpr_targets
+                    .iter()
+                    .map(|t| format!("TPR@FPR {}", fmt_target(*t))),
+            );
+            table_header(&mut md, &header);
+            for m in self.models.iter().filter(with_ci) {
+                let mut row = vec![escape_cell(&m.name)];
+                row.extend(m.metrics.tpr_at_fpr.iter().map(|a| match &a.ci {
+                    Some(ci) => format!(
+                        "{} ({} – {})",
+                        fmt_rate(a.point.tpr),
+                        fmt_rate(ci.lower),
+                        fmt_rate(ci.upper)
+                    ),
+                    None => fmt_rate(a.point.tpr),
+                }));
+                table_row(&mut md, &row);
+            }
+            md.push('\n');
+        }
 
         // Thresholds, so a reader can ship one.
         if !self.models.is_empty() {
