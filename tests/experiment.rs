@@ -899,6 +899,13 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
             arm.tpr_ci.hard_vs_random.is_some(),
             !matches!(arm.arm, experiment::Arm::Baseline | experiment::Arm::Random)
         );
+        let time_tpr = arm.tpr_ci.time.expect("a TPR interval on the time split");
+        let time_mean = arm.tpr_at_fpr_1e3_time.unwrap().mean;
+        assert!((time_tpr.estimate - time_mean).abs() < 1e-9, "{time_tpr:?}");
+        assert_eq!(
+            arm.tpr_ci.time_vs_baseline.is_some(),
+            arm.arm != experiment::Arm::Baseline
+        );
         let gain = arm.gain_ci.time_vs_baseline;
         if arm.arm == experiment::Arm::Baseline {
             assert!(gain.is_none());
@@ -940,6 +947,7 @@ fn a_time_split_experiment_reports_both_tests_with_intervals() {
         "Δ vs random control [95 % CI]",
         "### Against the random control (hard test)",
         "### TPR at FPR 1e-3 on the hard test, with intervals",
+        "### TPR at FPR 1e-3 on the time-split test, with intervals",
         "### Without unexpanded variables",
         "time-split test: tail lines of the stream's sources first seen on or after 2024-07-01",
     ] {

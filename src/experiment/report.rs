@@ -145,8 +145,8 @@ pub struct ArmSummary {
     /// the baseline and over the random control.
     #[serde(default)]
     pub gain_ci: GainIntervals,
-    /// The same kind of intervals for the hard test's TPR at FPR 1e-3, which a few benign
-    /// lines set: the arm's mean, and its gains over the baseline and the random control.
+    /// The same kind of intervals for the TPR at FPR 1e-3, which a few benign lines set: the
+    /// arm's mean, and its gains over the baseline and the random control.
     #[serde(default)]
     pub tpr_ci: TprIntervals,
 }
@@ -160,12 +160,19 @@ pub struct GainIntervals {
     pub time_vs_random: Option<Interval>,
 }
 
-/// Bootstrap intervals of the hard test's TPR at FPR 1e-3; `None` where they do not apply.
+/// Bootstrap intervals of the TPR at FPR 1e-3 on the hard and the time-split test: the arm's
+/// mean and its paired gains; `None` where they do not apply.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TprIntervals {
     pub hard: Option<Interval>,
     pub hard_vs_baseline: Option<Interval>,
     pub hard_vs_random: Option<Interval>,
+    #[serde(default)]
+    pub time: Option<Interval>,
+    #[serde(default)]
+    pub time_vs_baseline: Option<Interval>,
+    #[serde(default)]
+    pub time_vs_random: Option<Interval>,
 }
 
 /// Resamples of every gain interval: enough for stable 2.5 % / 97.5 % quantiles, cheap
@@ -425,22 +432,19 @@ fn add_gain_intervals(
     let base = scores_of(Arm::Baseline, None);
     for a in arms.iter_mut() {
         let mine = scores_of(a.arm, a.labeler);
-        let runs: Vec<&[f64]> = mine
-            .values()
-            .map(|o| hard(o))
-            .filter(|s| s.len() == hard_labels.len())
-            .collect();
-        let both_classes = hard_labels.contains(&true) && hard_labels.contains(&false);
-        if !runs.is_empty() && both_classes {
-            a.tpr_ci.hard = Some(seed_mean(
-                &runs,
-                hard_labels,
-                tpr,
-                0.95,
-                GAIN_RESAMPLES,
-                0x5eed,
-            )?);
-        }
+        let mean = |labels: &[bool], pick: fn(&ArmOutcome) -> &[f64]| -> Result<Option<Interval>> {
+            let runs: Vec<&[f64]> = mine
+                .values()
+                .map(|o| pick(o))
+                .filter(|s| s.len() == labels.len())
+                .collect();
+            if runs.is_empty() || !labels.contains(&true) || !labels.contains(&false) {
+                return Ok(None);
+            }
+            seed_mean(&runs, labels, tpr, 0.95, GAIN_RESAMPLES, 0x5eed).map(Some)
+        };
+        a.tpr_ci.hard = mean(hard_labels, hard)?;
+        a.tpr_ci.time = mean(time_labels, time)?;
         if a.arm == Arm::Baseline {
             continue;
         }
@@ -448,10 +452,12 @@ fn add_gain_intervals(
         a.gain_ci.hard_vs_baseline = interval(&mine, &base, hard_labels, hard, auc)?;
         a.gain_ci.time_vs_baseline = interval(&mine, &base, time_labels, time, auc)?;
         a.tpr_ci.hard_vs_baseline = interval(&mine, &base, hard_labels, hard, tpr)?;
+        a.tpr_ci.time_vs_baseline = interval(&mine, &base, time_labels, time, tpr)?;
         if a.arm != Arm::Random {
             a.gain_ci.hard_vs_random = interval(&mine, &random, hard_labels, hard, auc)?;
             a.gain_ci.time_vs_random = interval(&mine, &random, time_labels, time, auc)?;
             a.tpr_ci.hard_vs_random = interval(&mine, &random, hard_labels, hard, tpr)?;
+            a.tpr_ci.time_vs_random = interval(&mine, &random, time_labels, time, tpr)?;
         }
     }
     Ok(())
@@ -747,11 +753,33 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
             }
         }
     }
-    if r.arms.iter().any(|a| a.tpr_ci.hard.is_some()) {
-        let benign = r
-            .runs
-            .first()
-            .map_or(0, |x| x.hard.lines - x.hard.malicious);
+    let benign_of = |test: fn(&RunResult) -> Option<&TestMetrics>| {
+        r.runs
+            .iter()
+            .find_map(|x| test(x))
+            .map_or(0, |t| t.lines - t.malicious)
+    };
+    type Pick = fn(&TprIntervals) -> [Option<&Interval>; 3];
+    let tests: [(&str, usize, Pick); 2] = [
+        ("hard test", benign_of(|x| Some(&x.hard)), |t| {
+            [
+                t.hard.as_ref(),
+                t.hard_vs_baseline.as_ref(),
+                t.hard_vs_random.as_ref(),
+            ]
+        }),
+        ("time-split test", benign_of(|x| x.time.as_ref()), |t| {
+            [
+                t.time.as_ref(),
+                t.time_vs_baseline.as_ref(),
+                t.time_vs_random.as_ref(),
+            ]
+        }),
+    ];
+    for (test, benign, pick) in tests {
+        if !r.arms.iter().any(|a| pick(&a.tpr_ci)[0].is_some()) {
+            continue;
+        }
         let allowed = match benign / 1000 {
             0 => "no false positive: the highest-scoring benign line sets this figure (the TPR \
                   at zero false positives)"
@@ -765,18 +793,20 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
         };
         let _ = writeln!(
             m,
-            "\n### TPR at FPR 1e-3 on the hard test, with intervals\n\nThe hard test has {benign} \
+            "\n### TPR at FPR 1e-3 on the {test}, with intervals\n\nThe {test} has {benign} \
              benign lines, so FPR 1e-3 allows {allowed}, and another draw of the test would \
              move it more than it moves the AUC. The 95 % intervals resample test lines (within \
              each class) and seeds; the differences are paired by seed.\n"
         );
         let _ = writeln!(
             m,
-            "| arm | TPR at FPR 1e-3, hard [95 % CI] | Δ vs baseline [95 % CI] | Δ vs random control [95 % CI] |"
+            "| arm | TPR at FPR 1e-3 [95 % CI] | Δ vs baseline [95 % CI] | Δ vs random control [95 % CI] |"
         );
         let _ = writeln!(m, "|---|---|---|---|");
         for a in &r.arms {
-            let Some(iv) = &a.tpr_ci.hard else { continue };
+            let [Some(iv), vs_baseline, vs_random] = pick(&a.tpr_ci) else {
+                continue;
+            };
             let _ = writeln!(
                 m,
                 "| {} | {:.3} [{:.3}, {:.3}] | {} | {} |",
@@ -784,8 +814,8 @@ fn markdown(r: &Results, hard: &Table, easy: &Table) -> String {
                 iv.estimate,
                 iv.lower,
                 iv.upper,
-                with_ci(a.tpr_ci.hard_vs_baseline.as_ref()),
-                with_ci(a.tpr_ci.hard_vs_random.as_ref()),
+                with_ci(vs_baseline),
+                with_ci(vs_random),
             );
         }
     }
