@@ -18,6 +18,8 @@ pub struct Example {
     /// The row's `source` (the first one seen for a repeated line): the group that
     /// `val_split = "source"` holds out whole.
     pub source: Option<String>,
+    /// The row's `platform` (the first one seen), which `balance_platforms` weighs by.
+    pub platform: Option<String>,
 }
 
 /// What loading the training data did; recorded in `config.json` and the model card.
@@ -75,6 +77,7 @@ pub fn load_training_set(
                     malicious,
                     augment: false,
                     source: row.source,
+                    platform: row.platform,
                 });
             }
         }
@@ -99,6 +102,7 @@ pub fn load_training_set(
                     malicious: false,
                     augment: true,
                     source: row.source,
+                    platform: row.platform,
                 });
             }
         }

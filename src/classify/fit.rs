@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rand::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 
 /// Data handling, loss weights and the decision threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,69 @@ pub struct TrainingConfig {
     /// Validation keeps the plain loss. 0 = plain cross-entropy (and left out of saved configs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub focal_gamma: f64,
+    /// Platform balance: each training line's loss weight is multiplied by
+    /// `(N_p N_y / (N N_py))^s`, `N_py` the training lines of its platform (the `platform`
+    /// column; lines without one form a group) and label, so that at `s = 1` the label is
+    /// independent of the platform in the weighted data and each platform's classes weigh
+    /// alike. Public attack corpora are mostly Windows and documentation mostly Linux, so an
+    /// unweighted network learns "Windows, so malicious" and flags admin PowerShell. `s` in
+    /// (0, 1) tempers the weights (rare platform/label pairs get large ones). 0 = off (and
+    /// left out of saved configs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub balance_platforms: f64,
+}
+
+/// Each example's platform-balance factor `(N_p N_y / (N N_py))^strength`, counted over the
+/// training lines `train` (validation lines get the factor of their group too, so that the
+/// validation loss is weighed alike; a group absent from training gets 1).
+pub fn platform_weights(examples: &[Example], train: &[usize], strength: f64) -> Vec<f64> {
+    if strength == 0.0 {
+        return vec![1.0; examples.len()];
+    }
+    fn group(e: &Example) -> &str {
+        e.platform.as_deref().unwrap_or("")
+    }
+    let mut by_pair: HashMap<(&str, bool), f64> = HashMap::new();
+    let mut by_platform: HashMap<&str, f64> = HashMap::new();
+    let mut malicious = 0.0;
+    for &i in train {
+        let e = &examples[i];
+        *by_pair.entry((group(e), e.malicious)).or_default() += 1.0;
+        *by_platform.entry(group(e)).or_default() += 1.0;
+        malicious += e.malicious as u8 as f64;
+    }
+    let n = train.len() as f64;
+    examples
+        .iter()
+        .map(|e| {
+            let label = if e.malicious {
+                malicious
+            } else {
+                n - malicious
+            };
+            match (
+                by_pair.get(&(group(e), e.malicious)),
+                by_platform.get(group(e)),
+            ) {
+                (Some(&pair), Some(&platform)) => (platform * label / (n * pair)).powf(strength),
+                _ => 1.0,
+            }
+        })
+        .collect()
+}
+
+/// One log line per platform: its training lines by label and the factor each gets.
+fn log_platform_weights(examples: &[Example], train: &[usize], factor: &[f64]) {
+    let mut seen: BTreeMap<(&str, bool), (usize, f64)> = BTreeMap::new();
+    for &i in train {
+        let e = &examples[i];
+        let key = (e.platform.as_deref().unwrap_or("(none)"), e.malicious);
+        seen.entry(key).or_insert((0, factor[i])).0 += 1;
+    }
+    for ((platform, malicious), (lines, w)) in seen {
+        let label = if malicious { "malicious" } else { "benign" };
+        tracing::info!("platform balance: {platform} {label}: {lines} lines, weight x{w:.3}");
+    }
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -136,6 +200,7 @@ impl Default for TrainingConfig {
             label_smoothing: 0.0,
             word_dropout: 0.0,
             focal_gamma: 0.0,
+            balance_platforms: 0.0,
         }
     }
 }
@@ -194,6 +259,11 @@ impl TrainingConfig {
         // Below 1 the factor's gradient is infinite on lines already ranked perfectly.
         if !(self.focal_gamma == 0.0 || (1.0..=5.0).contains(&self.focal_gamma)) {
             return bad("focal_gamma must be 0 (plain cross-entropy) or in [1, 5] (2 is usual)");
+        }
+        if !(0.0..=1.0).contains(&self.balance_platforms) {
+            return bad(
+                "balance_platforms must be in [0, 1] (0 = off, 1 = label independent of platform)",
+            );
         }
         Ok(())
     }
@@ -501,12 +571,26 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         .map(|t| cfg.clip(&t).into_owned())
         .collect();
     let targets: Vec<f32> = examples.iter().map(|e| e.malicious as u8 as f32).collect();
-    let base_weight = |e: &Example| {
-        if e.augment {
-            setup.training.augment_weight
+    let balance = platform_weights(examples, &train_idx, setup.training.balance_platforms);
+    if setup.training.balance_platforms > 0.0 {
+        if examples.iter().all(|e| e.platform.is_none()) {
+            tracing::warn!(
+                "balance_platforms is set but no training line has a `platform`: it changes \
+                 nothing (add the column; an experiment's data stage written before it has \
+                 none: delete the run's data folder and rerun)"
+            );
         } else {
-            1.0
+            log_platform_weights(examples, &train_idx, &balance);
         }
+    }
+    let base_weight = |i: usize| {
+        let e = &examples[i];
+        balance[i]
+            * if e.augment {
+                setup.training.augment_weight
+            } else {
+                1.0
+            }
     };
     let pos_weight = if setup.training.pos_weight > 0.0 {
         setup.training.pos_weight
@@ -514,21 +598,33 @@ pub fn train(setup: &TrainSetup, examples: &[Example]) -> Result<(CnnClassifier,
         let benign: f64 = train_idx
             .iter()
             .filter(|&&i| !examples[i].malicious)
-            .map(|&i| base_weight(&examples[i]))
+            .map(|&i| base_weight(i))
             .sum();
-        let malicious = train_idx.iter().filter(|&&i| examples[i].malicious).count();
-        if malicious == 0 {
+        let malicious_lines = train_idx.iter().filter(|&&i| examples[i].malicious).count();
+        if malicious_lines == 0 {
             return Err(crate::Error::input(
                 "no malicious line is left for training after the validation split; \
                  add malicious lines, lower val_fraction, or (with val_split = \"source\") \
                  spread the malicious lines over more sources",
             ));
         }
-        benign / malicious as f64
+        // The malicious lines' own weights, so that both classes weigh the same.
+        let malicious: f64 = train_idx
+            .iter()
+            .filter(|&&i| examples[i].malicious)
+            .map(|&i| base_weight(i))
+            .sum();
+        benign / malicious
     };
-    let weights: Vec<f32> = examples
-        .iter()
-        .map(|e| (base_weight(e) * if e.malicious { pos_weight } else { 1.0 }) as f32)
+    let weights: Vec<f32> = (0..examples.len())
+        .map(|i| {
+            (base_weight(i)
+                * if examples[i].malicious {
+                    pos_weight
+                } else {
+                    1.0
+                }) as f32
+        })
         .collect();
     let mean_weight =
         train_idx.iter().map(|&i| weights[i] as f64).sum::<f64>() / train_idx.len().max(1) as f64;
@@ -905,6 +1001,7 @@ mod tests {
                 malicious: i % 7 == 0,
                 augment: i >= 200,
                 source: None,
+                platform: None,
             })
             .collect();
         let all = TrainingConfig::default();
@@ -932,6 +1029,93 @@ mod tests {
     }
 
     #[test]
+    fn platform_balance_makes_each_platforms_classes_weigh_alike() {
+        // Windows: 30 benign, 60 malicious; linux: 300 benign, 10 malicious; no platform: 100
+        // benign. Unweighted, "windows" alone predicts the label.
+        let mut examples = Vec::new();
+        for (platform, benign, malicious) in [
+            (Some("windows"), 30, 60),
+            (Some("linux"), 300, 10),
+            (None, 100, 0),
+        ] {
+            for i in 0..benign + malicious {
+                examples.push(Example {
+                    cmd: format!("{platform:?} {i}"),
+                    malicious: i >= benign,
+                    augment: false,
+                    source: None,
+                    platform: platform.map(str::to_owned),
+                });
+            }
+        }
+        let all: Vec<usize> = (0..examples.len()).collect();
+        assert!(
+            platform_weights(&examples, &all, 0.0)
+                .iter()
+                .all(|&w| w == 1.0)
+        );
+        let w = platform_weights(&examples, &all, 1.0);
+        let total = |platform: Option<&str>, malicious: bool| -> f64 {
+            all.iter()
+                .filter(|&&i| {
+                    examples[i].platform.as_deref() == platform
+                        && examples[i].malicious == malicious
+                })
+                .map(|&i| w[i])
+                .sum()
+        };
+        // The weighted share of malicious lines is the same on every platform (the overall
+        // one, 70 of 500), and each platform keeps its size.
+        for platform in [Some("windows"), Some("linux")] {
+            let (b, m) = (total(platform, false), total(platform, true));
+            assert!(
+                (m / (b + m) - 70.0 / 500.0).abs() < 1e-9,
+                "{platform:?}: {b} {m}"
+            );
+        }
+        assert!((total(Some("windows"), false) + total(Some("windows"), true) - 90.0).abs() < 1e-9);
+        assert!((total(None, false) - 100.0 * 430.0 / 500.0).abs() < 1e-9);
+        // Tempered: between the two.
+        let half = platform_weights(&examples, &all, 0.5);
+        let windows_benign = examples
+            .iter()
+            .position(|e| e.platform.as_deref() == Some("windows"));
+        let i = windows_benign.unwrap();
+        assert!(1.0 < half[i] && half[i] < w[i], "{} {}", half[i], w[i]);
+        // Counted on the training lines only; a group training never saw gets 1.
+        let train: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| examples[i].platform.is_some())
+            .collect();
+        assert_eq!(platform_weights(&examples, &train, 1.0)[all.len() - 1], 1.0);
+        // Off by default and left out of saved configs; out of range is refused.
+        let cfg = TrainingConfig::default();
+        assert!(
+            !serde_json::to_string(&cfg)
+                .unwrap()
+                .contains("balance_platforms")
+        );
+        let on = TrainingConfig {
+            balance_platforms: 0.5,
+            ..Default::default()
+        };
+        let back: TrainingConfig =
+            serde_json::from_str(&serde_json::to_string(&on).unwrap()).unwrap();
+        assert_eq!(back.balance_platforms, 0.5);
+        let bad = TrainingConfig {
+            balance_platforms: 1.5,
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("balance_platforms")
+        );
+    }
+
+    #[test]
     fn a_source_split_holds_out_whole_sources_and_lines_without_one_by_their_text() {
         // 60 scripts of 10 lines each, then 200 lines without a source.
         let examples: Vec<Example> = (0..800)
@@ -940,6 +1124,7 @@ mod tests {
                 malicious: i % 5 == 0,
                 augment: false,
                 source: (i < 600).then(|| format!("owner/repo:script{}.ps1", i / 10)),
+                platform: None,
             })
             .collect();
         let by_line = TrainingConfig {

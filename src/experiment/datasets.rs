@@ -240,6 +240,9 @@ pub struct Line {
     pub count: u64,
     /// The day the line first appeared in its repository (`date`), when the source says.
     pub date: Option<String>,
+    /// The record's `platform` (`windows`, `linux`, ...), when the source says: kept in the
+    /// labeled tables so that training can weigh it (`[training] balance_platforms`).
+    pub platform: Option<String>,
 }
 
 /// Counts of what was built, by split, role and label; `data/summary.json`.
@@ -283,6 +286,7 @@ struct Raw {
     technique: Option<String>,
     date: Option<String>,
     shape: Option<String>,
+    platform: Option<String>,
     role: Role,
     group_by: GroupBy,
 }
@@ -447,6 +451,7 @@ fn read_source(cfg: &DataConfig, spec: &SourceSpec, summary: &mut DataSummary) -
             technique: field("technique"),
             date: field("date"),
             shape: field("shape"),
+            platform: r.platform.map(str::to_owned),
             label,
             source: stem.clone(),
             // A line without a known label is background, whatever its source's role.
@@ -596,6 +601,7 @@ fn assign_splits(cfg: &DataConfig, raws: Vec<Raw>, g: &Groups) -> Vec<Line> {
                 split,
                 count: 0,
                 date: r.date,
+                platform: r.platform,
             }
         })
         .collect()
@@ -746,6 +752,15 @@ fn write_table(path: &Path, rows: &[&Line], with_label: bool) -> Result<u64> {
         fields.push(Field::new(name, DataType::Utf8, false));
         columns.push(Arc::new(StringArray::from_iter_values(
             rows.iter().map(|l| f(l)),
+        )));
+    }
+    if with_label {
+        // Nullable: most sources have a platform, some (telemetry) may not.
+        fields.push(Field::new("platform", DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from(
+            rows.iter()
+                .map(|l| l.platform.as_deref())
+                .collect::<Vec<_>>(),
         )));
     }
     fields.push(Field::new("count", DataType::UInt64, false));
