@@ -433,9 +433,7 @@ impl RocCurve {
         twice_u as f64 / (2 * p * n) as f64
     }
 
-    /// [`RocCurve::tpr_at_fpr`]'s TPR for per-group weights (a resample drawn line by line:
-    /// the reference the top-down draw is tested against).
-    #[cfg(test)]
+    /// [`RocCurve::tpr_at_fpr`]'s TPR for per-group weights (a resample drawn line by line).
     fn weighted_tpr_at_fpr(&self, pos: &[u64], neg: &[u64], target_fpr: f64) -> f64 {
         let (p, n) = (pos.iter().sum::<u64>(), neg.iter().sum::<u64>());
         let allowed = target_fpr * n as f64 * (1.0 + RATE_SLACK);
@@ -562,6 +560,28 @@ impl RocCurve {
             level,
             CiMethod::Bootstrap { resamples, seed },
         ))
+    }
+
+    /// [`RocCurve::tpr_at_fpr_ci_bootstrap`] drawn the plain way, every line of every
+    /// resample: the same distribution, at a cost proportional to the test set's size. The
+    /// reference that the top-down draw is tested and benchmarked against
+    /// (`scripts/bench_evaluate.sh`).
+    pub fn tpr_at_fpr_ci_bootstrap_line_by_line(
+        &self,
+        targets: &[f64],
+        level: f64,
+        resamples: usize,
+        seed: u64,
+    ) -> Result<Vec<Interval>> {
+        let estimates = targets
+            .iter()
+            .map(|&t| Ok(self.tpr_at_fpr(t)?.tpr))
+            .collect::<Result<Vec<f64>>>()?;
+        self.bootstrap(level, resamples, seed, &estimates, |p, n, out| {
+            for (o, &t) in out.iter_mut().zip(targets) {
+                *o = self.weighted_tpr_at_fpr(p, n, t);
+            }
+        })
     }
 
     /// One stratified resample's TPR at each target FPR, drawn top-down: the multinomial
@@ -1058,13 +1078,8 @@ mod tests {
         // (FPR 0.5 walks half the ranking down, where the draws depend most on what is left.)
         let deep = [0.5, 1e-1, 1e-2];
         let fast = c.tpr_at_fpr_ci_bootstrap(&deep, 0.9, 4000, 5).unwrap();
-        let estimates: Vec<f64> = fast.iter().map(|i| i.estimate).collect();
         let slow = c
-            .bootstrap(0.9, 4000, 6, &estimates, |p, n, out| {
-                for (o, &t) in out.iter_mut().zip(&deep) {
-                    *o = c.weighted_tpr_at_fpr(p, n, t);
-                }
-            })
+            .tpr_at_fpr_ci_bootstrap_line_by_line(&deep, 0.9, 4000, 6)
             .unwrap();
         for (f, s) in fast.iter().zip(&slow) {
             assert!(
