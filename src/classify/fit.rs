@@ -67,10 +67,11 @@ pub struct TrainingConfig {
     /// `(N_p N_y / (N N_py))^s`, `N_py` the training lines of its platform (the `platform`
     /// column; lines without one form a group) and label, so that at `s = 1` the label is
     /// independent of the platform in the weighted data and each platform's classes weigh
-    /// alike. Public attack corpora are mostly Windows and documentation mostly Linux, so an
-    /// unweighted network learns "Windows, so malicious" and flags admin PowerShell. `s` in
-    /// (0, 1) tempers the weights (rare platform/label pairs get large ones). 0 = off (and
-    /// left out of saved configs).
+    /// alike. Public attack corpora are mostly Windows and documentation mostly Linux, so the
+    /// platform is a shortcut to the label. `s` in (0, 1) tempers the weights (rare
+    /// platform/label pairs get large ones). 0 = off (and left out of saved configs). On the
+    /// shared data it did not help: the Windows admin lines that score high do so for their
+    /// content, not their platform (docs/classifier.md, round 10).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub balance_platforms: f64,
 }
