@@ -527,6 +527,14 @@ impl RocCurve {
         Ok(intervals.remove(0))
     }
 
+    /// [`RocCurve::tpr_at_fpr`]'s TPR at each target.
+    fn tprs_at_fprs(&self, targets: &[f64]) -> Result<Vec<f64>> {
+        targets
+            .iter()
+            .map(|&t| Ok(self.tpr_at_fpr(t)?.tpr))
+            .collect()
+    }
+
     /// Stratified percentile-bootstrap intervals of [`RocCurve::tpr_at_fpr`] for each target
     /// FPR, from one set of resamples. At low FPR the few highest-scoring negatives set the
     /// figure, so its interval is much wider than the AUC's and often lopsided.
@@ -539,10 +547,7 @@ impl RocCurve {
     ) -> Result<Vec<Interval>> {
         check_level(level)?;
         check_resamples(resamples)?;
-        let estimates = targets
-            .iter()
-            .map(|&t| Ok(self.tpr_at_fpr(t)?.tpr))
-            .collect::<Result<Vec<f64>>>()?;
+        let estimates = self.tprs_at_fprs(targets)?;
         // Row r holds resample r's TPR at every target.
         let stats = targets.len();
         let mut values = vec![0.0; resamples * stats];
@@ -550,8 +555,7 @@ impl RocCurve {
             .par_chunks_mut(stats.max(1))
             .enumerate()
             .for_each(|(r, out)| {
-                let mut rng =
-                    StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = resample_rng(seed, r);
                 self.resampled_tprs(&mut rng, targets, out);
             });
         Ok(percentile_intervals(
@@ -573,10 +577,7 @@ impl RocCurve {
         resamples: usize,
         seed: u64,
     ) -> Result<Vec<Interval>> {
-        let estimates = targets
-            .iter()
-            .map(|&t| Ok(self.tpr_at_fpr(t)?.tpr))
-            .collect::<Result<Vec<f64>>>()?;
+        let estimates = self.tprs_at_fprs(targets)?;
         self.bootstrap(level, resamples, seed, &estimates, |p, n, out| {
             for (o, &t) in out.iter_mut().zip(targets) {
                 *o = self.weighted_tpr_at_fpr(p, n, t);
@@ -654,8 +655,7 @@ impl RocCurve {
         let stats = estimates.len();
         let one_resample =
             |r: usize, pos_w: &mut Vec<u64>, neg_w: &mut Vec<u64>, out: &mut [f64]| {
-                let mut rng =
-                    StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = resample_rng(seed, r);
                 pos_w.fill(0);
                 neg_w.fill(0);
                 for _ in 0..pos_group.len() {
@@ -702,6 +702,12 @@ impl RocCurve {
             }
         }
     }
+}
+
+/// The generator of bootstrap resample `r`: seeded by (seed, r), so that an interval does not
+/// depend on how many threads share the resamples.
+pub(crate) fn resample_rng(seed: u64, r: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn check_resamples(resamples: usize) -> Result<()> {

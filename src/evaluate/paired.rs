@@ -9,10 +9,9 @@
 //! drawn lines serve both members of a pair, so what the pair shares (hard lines, easy lines)
 //! cancels.
 
-use super::metrics::{CiMethod, Interval, quantile_sorted};
+use super::metrics::{CiMethod, Interval, quantile_sorted, resample_rng};
 use crate::error::{Error, Result};
 use rand::prelude::*;
-use rand::rngs::StdRng;
 use rayon::prelude::*;
 
 /// What an interval is of: a statistic of one classifier's scores on the test lines.
@@ -248,8 +247,7 @@ impl<'a> Bootstrap<'a> {
         means.par_iter_mut().enumerate().for_each_init(
             || vec![0u32; self.labels.len()],
             |weight, (r, out)| {
-                let mut rng =
-                    StdRng::seed_from_u64(seed ^ (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = resample_rng(seed, r);
                 weight.fill(0);
                 for class in [&self.pos, &self.neg] {
                     for _ in 0..class.len() {
@@ -282,6 +280,7 @@ impl<'a> Bootstrap<'a> {
 mod tests {
     use super::*;
     use crate::evaluate::roc_auc;
+    use rand::rngs::StdRng;
 
     fn noisy(labels: &[bool], signal: f64, seed: u64) -> Vec<f64> {
         let mut rng = StdRng::seed_from_u64(seed);
