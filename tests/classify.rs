@@ -432,6 +432,32 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     for f in ["report.md", "roc.svg", "hist-trained.svg"] {
         assert!(dir.path().join("eval").join(f).exists(), "{f}");
     }
+    // Every TPR at FPR has an interval by default; `--tpr-ci-resamples 0` leaves them out.
+    let tprs = |report: &serde_json::Value| -> Vec<bool> {
+        report["models"][0]["metrics"]["tpr_at_fpr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.get("ci").is_some())
+            .collect()
+    };
+    assert_eq!(tprs(&report), [true, true, true]);
+    longtail_ok(&[
+        "evaluate",
+        "--test",
+        &sample("runner_images.jsonl").display().to_string(),
+        &sample("atomic_red_team.jsonl").display().to_string(),
+        "--model",
+        &format!("trained={}", d("model")),
+        "--out",
+        &d("eval-no-ci"),
+        "--tpr-ci-resamples",
+        "0",
+    ]);
+    let plain: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("eval-no-ci/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(tprs(&plain), [false, false, false]);
 
     // The downstream contract: numpy + safetensors reproduce the scores to 1e-4.
     python_loader_agrees(

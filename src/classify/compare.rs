@@ -18,6 +18,8 @@ pub struct EvaluateRequest {
     pub title: String,
     /// Padded token positions per scoring batch.
     pub batch_tokens: usize,
+    /// Bootstrap resamples of each TPR-at-FPR interval (0: none).
+    pub tpr_ci_resamples: usize,
 }
 
 /// Score the test set with every model and compare them in one report. `on_model` hears each
@@ -61,7 +63,9 @@ pub fn evaluate_classifiers(
         groups.push(("platform", platforms.as_slice()));
     }
     let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
-    let mut report = Report::new(req.title.clone(), ReportOptions::default());
+    let mut options = ReportOptions::default();
+    options.metrics.tpr_ci_resamples = req.tpr_ci_resamples;
+    let mut report = Report::new(req.title.clone(), options);
     for (name, dir) in &req.models {
         let classifier = Classifier::load(dir, globals)?;
         let bar = crate::progress::bar(refs.len() as u64, name, "lines");
