@@ -400,21 +400,24 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
     ]);
     assert!(dir.path().join("scores.parquet").exists());
 
-    // evaluate: two models on one test set, with source and platform breakdowns.
-    longtail_ok(&[
-        "evaluate",
-        "--test",
-        &sample("runner_images.jsonl").display().to_string(),
-        &sample("atomic_red_team.jsonl").display().to_string(),
-        "--model",
-        &format!("trained={}", d("model")),
-        "--model",
-        &format!("exported={}", d("models/tiny")),
-        "--out",
-        &d("eval"),
-    ]);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d("eval/report.json")).unwrap()).unwrap();
+    // evaluate: two models on one test set, with source and platform breakdowns. `evaluate`
+    // runs it into `out` with `extra` arguments and reads its report.json.
+    let evaluate = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let (runner, atomic, trained) = (
+            sample("runner_images.jsonl").display().to_string(),
+            sample("atomic_red_team.jsonl").display().to_string(),
+            format!("trained={}", d("model")),
+        );
+        let mut args = vec![
+            "evaluate", "--test", &runner, &atomic, "--model", &trained, "--out", out,
+        ];
+        args.extend_from_slice(extra);
+        longtail_ok(&args);
+        serde_json::from_str(&std::fs::read_to_string(format!("{out}/report.json")).unwrap())
+            .unwrap()
+    };
+    let exported = format!("exported={}", d("models/tiny"));
+    let report = evaluate(&d("eval"), &["--model", &exported]);
     let models = report["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
     assert_eq!(models[0]["metrics"]["count"], 1000);
@@ -442,21 +445,7 @@ fn cli_train_classify_evaluate_export_and_the_python_loader_agree() {
             .collect()
     };
     assert_eq!(tprs(&report), [true, true, true]);
-    longtail_ok(&[
-        "evaluate",
-        "--test",
-        &sample("runner_images.jsonl").display().to_string(),
-        &sample("atomic_red_team.jsonl").display().to_string(),
-        "--model",
-        &format!("trained={}", d("model")),
-        "--out",
-        &d("eval-no-ci"),
-        "--tpr-ci-resamples",
-        "0",
-    ]);
-    let plain: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d("eval-no-ci/report.json")).unwrap())
-            .unwrap();
+    let plain = evaluate(&d("eval-no-ci"), &["--tpr-ci-resamples", "0"]);
     assert_eq!(tprs(&plain), [false, false, false]);
 
     // The downstream contract: numpy + safetensors reproduce the scores to 1e-4.

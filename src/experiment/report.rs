@@ -167,11 +167,8 @@ pub struct TprIntervals {
     pub hard: Option<Interval>,
     pub hard_vs_baseline: Option<Interval>,
     pub hard_vs_random: Option<Interval>,
-    #[serde(default)]
     pub time: Option<Interval>,
-    #[serde(default)]
     pub time_vs_baseline: Option<Interval>,
-    #[serde(default)]
     pub time_vs_random: Option<Interval>,
 }
 
